@@ -1,0 +1,36 @@
+"""clipforge: CLIP from scratch, exact to OpenAI's checkpoints, fast on what you have."""
+
+from clipforge.factory import create_model, create_model_and_transforms, list_models, load
+from clipforge.models import CLIP, CLIPConfig, CLIPOutput, get_config
+from clipforge.transforms import image_transform
+
+__version__ = "0.1.0"
+
+
+def tokenize(texts, context_length: int = 77, truncate: bool = False):
+    """openai/CLIP's `tokenize`: (N, context_length) int64 ids, SOT/EOT added, zero-padded."""
+    from clipforge.tokenizer import tokenize as _tokenize
+
+    return _tokenize(texts, context_length=context_length, truncate=truncate)
+
+
+def get_tokenizer(name: str | None = None):
+    """The tokenizer for a model (all presets share OpenAI's BPE); callable like open_clip's."""
+    from clipforge.tokenizer import get_tokenizer as _get
+
+    return _get(name)
+
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "CLIPOutput",
+    "create_model",
+    "create_model_and_transforms",
+    "get_config",
+    "get_tokenizer",
+    "image_transform",
+    "list_models",
+    "load",
+    "tokenize",
+]

@@ -1,0 +1,1 @@
+"""CLI layer: flags -> typed values -> library calls. The library never sees argparse."""

@@ -1,0 +1,74 @@
+"""The one CLIP model class: an image tower, a text tower and a learned temperature."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clipforge.models.config import CLIPConfig
+from clipforge.models.resnet import ModifiedResNet
+from clipforge.models.text import TextTransformer
+from clipforge.models.vit import VisionTransformer
+
+
+@dataclass
+class CLIPOutput:
+    """Unit-norm features of both towers and the multiplier exp(logit_scale)."""
+
+    image_features: Tensor  # (B, E)
+    text_features: Tensor  # (B, E)
+    logit_scale: Tensor  # () the exponentiated temperature
+
+    def logits_per_image(self) -> Tensor:  # (B_img, B_txt)
+        return self.logit_scale * self.image_features @ self.text_features.T
+
+
+def build_visual(config: CLIPConfig) -> nn.Module:
+    if config.vision.kind == "vit":
+        return VisionTransformer(config.vision, config.embed_dim, config.activation)
+    if config.vision.kind == "resnet":
+        return ModifiedResNet(config.vision, config.embed_dim)
+    raise ValueError(f"vision.kind must be 'vit' or 'resnet', got {config.vision.kind!r}")
+
+
+class CLIP(nn.Module):
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        self.visual = build_visual(config)
+        self.text = TextTransformer(config.text, config.embed_dim, config.activation)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text.context_length
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text.token_embedding.weight.dtype
+
+    def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:  # (B, 3, H, W) -> (B, E)
+        features = self.visual(images.to(self.dtype))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: Tensor, normalize: bool = False) -> Tensor:  # (B, L) ids -> (B, E)
+        features = self.text(text)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: Tensor, text: Tensor) -> CLIPOutput:
+        return CLIPOutput(
+            image_features=self.encode_image(images, normalize=True),
+            text_features=self.encode_text(text, normalize=True),
+            logit_scale=self.logit_scale.exp(),
+        )
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.text.transformer.grad_checkpointing = enabled
+        if isinstance(self.visual, VisionTransformer):
+            self.visual.transformer.grad_checkpointing = enabled
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

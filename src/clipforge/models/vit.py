@@ -1,0 +1,44 @@
+"""Vision Transformer image tower: patches + class token, pre-LN, projection of the class token."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from clipforge.models.config import VisionConfig
+from clipforge.models.transformer import Transformer
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, config: VisionConfig, embed_dim: int, activation: str):
+        super().__init__()
+        if config.patch_size is None or config.image_size % config.patch_size:
+            raise ValueError(
+                f"image_size {config.image_size} must be a multiple of patch_size {config.patch_size}"
+            )
+        width = config.width
+        grid = config.image_size // config.patch_size
+        scale = width**-0.5
+        self.patch_embed = nn.Conv2d(3, width, config.patch_size, stride=config.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, config.layers, config.num_heads, config.mlp_ratio, activation)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+        self.transformer.init_weights()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.proj.shape[0]
+
+    def features(self, images: Tensor) -> Tensor:
+        """Class-token features before the final projection (the paper's linear-probe input)."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, W)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1+N, W)
+        x = self.transformer(self.ln_pre(x), causal=False)  # (B, 1+N, W)
+        return self.ln_post(x[:, 0])  # (B, W)
+
+    def forward(self, images: Tensor) -> Tensor:  # images: (B, 3, H, W)
+        return self.features(images) @ self.proj  # (B, E)
