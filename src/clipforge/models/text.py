@@ -35,8 +35,7 @@ class TextTransformer(nn.Module):
             text = text[:, : int(eot.max()) + 1]  # (B, L') with L' <= L
         L = text.shape[1]
         x = self.token_embedding(text) + self.positional_embedding[:L].to(self.token_embedding.weight.dtype)
-        x = self.transformer(x, causal=True)  # (B, L', W)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, W)
+        x = self.transformer.forward_pooled(x, eot, causal=True)  # (B, W) at the EOT token
         return self.ln_final(x)  # LayerNorm is per token: applying it after pooling is identical
 
     def forward(self, text: Tensor) -> Tensor:

@@ -41,6 +41,19 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
+    def forward_one(self, x: Tensor, index: Tensor, causal: bool) -> Tensor:
+        """Attention output for one query position per sample. x: (B, L, D), index: (B,) -> (B, D)."""
+        B, L, D = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.heads, D // self.heads)
+        rows = torch.arange(B, device=x.device)
+        q = qkv[rows, index, 0].unsqueeze(2)  # (B, H, 1, Dh)
+        k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # (B, H, L, Dh)
+        mask = None
+        if causal:  # the query at position i sees keys 0..i
+            mask = (torch.arange(L, device=x.device) <= index[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, Dh)
+        return self.proj(out.reshape(B, D))
+
 
 class MLP(nn.Module):
     def __init__(self, width: int, hidden: int, activation: str):
@@ -65,6 +78,13 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), causal)
         return x + self.mlp(self.ln_2(x))
 
+    def forward_one(self, x: Tensor, index: Tensor, causal: bool) -> Tensor:
+        """The block's output at one position per sample: (B, L, D), (B,) -> (B, D). Equal to
+        forward(x)[rows, index] but the MLP and attention queries run on one token instead of L."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        y = x[rows, index] + self.attn.forward_one(self.ln_1(x), index, causal)  # (B, D)
+        return y + self.mlp(self.ln_2(y))
+
 
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, activation: str):
@@ -75,11 +95,22 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor, causal: bool = False) -> Tensor:  # (B, L, D)
         for block in self.blocks:
-            if self.grad_checkpointing and x.requires_grad:
-                x = checkpoint(block, x, causal, use_reentrant=False)
-            else:
-                x = block(x, causal)
+            x = self._run(block, x, causal)
         return x
+
+    def forward_pooled(self, x: Tensor, index: Tensor, causal: bool = False) -> Tensor:
+        """Output at one position per sample, (B, L, D), (B,) -> (B, D): the last block runs only there."""
+        for block in self.blocks[:-1]:
+            x = self._run(block, x, causal)
+        last = self.blocks[-1]
+        if self.grad_checkpointing and x.requires_grad:
+            return checkpoint(last.forward_one, x, index, causal, use_reentrant=False)
+        return last.forward_one(x, index, causal)
+
+    def _run(self, block: Block, x: Tensor, causal: bool) -> Tensor:
+        if self.grad_checkpointing and x.requires_grad:
+            return checkpoint(block, x, causal, use_reentrant=False)
+        return block(x, causal)
 
     def init_weights(self) -> None:
         """OpenAI's init: std scaled by width and depth."""

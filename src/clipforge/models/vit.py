@@ -37,8 +37,9 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, W)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1+N, W)
-        x = self.transformer(self.ln_pre(x), causal=False)  # (B, 1+N, W)
-        return self.ln_post(x[:, 0])  # (B, W)
+        cls_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        x = self.transformer.forward_pooled(self.ln_pre(x), cls_index)  # (B, W): only the class token
+        return self.ln_post(x)  # (B, W)
 
     def forward(self, images: Tensor) -> Tensor:  # images: (B, 3, H, W)
         return self.features(images) @ self.proj  # (B, E)

@@ -1,0 +1,101 @@
+"""Timing and memory helpers shared by the benchmarks: medians with min/max, warm-up excluded."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+
+    def rate(self, items: int) -> float:
+        """Items per second at the median time."""
+        return items / self.median_s
+
+
+def time_fn(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, min_time_s: float = 0.0) -> Timing:
+    """Run `fn` `warmup` times untimed, then `repeats` times (or until `min_time_s` is spent) timed."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start) < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 50:
+            break
+    return Timing(statistics.median(times), min(times), max(times), len(times))
+
+
+def matmul_peak_gflops(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 7) -> dict[str, Any]:
+    """This machine's fp32 matmul peak, measured robustly: best over repeated runs and several sizes."""
+    best = 0.0
+    per_size = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        timing = time_fn(lambda a=a, b=b: a @ b, repeats=repeats, warmup=2)
+        gflops = 2 * n**3 / timing.min_s / 1e9
+        per_size[n] = round(gflops, 2)
+        best = max(best, gflops)
+    return {"peak_gflops": round(best, 2), "per_size_best_gflops": per_size}
+
+
+def bf16_fp32_ratio(n: int = 512) -> float:
+    """How many times slower a bf16 matmul is than fp32 here (>1 means bf16 is slower)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    fp32 = time_fn(lambda: a @ b, repeats=5).median_s
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    bf16 = time_fn(lambda: a16 @ b16, repeats=3).median_s
+    return bf16 / fp32
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_isolated(module: str, args: list[str], threads: int) -> dict[str, Any]:
+    """Run `python -m module args` in a fresh process (clean peak-RSS) and parse its last stdout line as JSON."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def timing_dict(timing: Timing, items: int) -> dict[str, Any]:
+    return {**asdict(timing), "items_per_s": round(timing.rate(items), 3)}
