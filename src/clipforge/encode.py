@@ -1,0 +1,41 @@
+"""Bulk encoding: texts bucketed by token length (exact trimming makes short batches cheap), order restored."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from clipforge.models import CLIP
+
+
+def length_sorted_batches(tokens: Tensor, batch_size: int) -> list[Tensor]:
+    """Index batches of rows sorted by sequence length (EOT position), so each batch is trimmed tightly."""
+    lengths = tokens.argmax(dim=-1)  # EOT is the largest id
+    order = torch.argsort(lengths, stable=True)
+    return list(order.split(batch_size))
+
+
+@torch.inference_mode()
+def encode_tokens(
+    model: CLIP, tokens: Tensor, batch_size: int = 256, normalize: bool = True, progress: bool = False
+) -> Tensor:
+    """(N, L) token ids -> (N, E) features in input order."""
+    device = next(model.parameters()).device
+    out = torch.empty(tokens.shape[0], model.config.embed_dim, dtype=torch.float32)
+    batches = length_sorted_batches(tokens, batch_size)
+    for index in tqdm(batches, desc="encode text", disable=not progress, unit="batch"):
+        out[index] = model.encode_text(tokens[index].to(device), normalize=normalize).float().cpu()
+    return out
+
+
+def encode_texts(
+    model: CLIP, texts: Sequence[str], batch_size: int = 256, normalize: bool = True, progress: bool = False
+) -> Tensor:
+    """Texts -> (N, E) features in input order, tokenised with the model's context length."""
+    from clipforge.tokenizer import tokenize
+
+    tokens = tokenize(list(texts), context_length=model.context_length, truncate=True)
+    return encode_tokens(model, tokens, batch_size, normalize, progress)
