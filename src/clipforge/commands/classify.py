@@ -1,0 +1,64 @@
+"""`clipforge classify`: zero-shot classify images with your own labels; optionally sort them into folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipforge classify", description=__doc__)
+    p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--labels", required=True, help="'cat,dog,bird' or a file with one label per line")
+    p.add_argument("--templates", help="'a photo of a {}.|a drawing of a {}.' or a file, one per line")
+    p.add_argument("--model", default="ViT-B-32", help="preset name (default ViT-B-32)")
+    p.add_argument("--pretrained", help="weights tag for --model, e.g. 'openai'")
+    p.add_argument("--checkpoint", help="checkpoint file (any supported format); overrides --model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--output", help="write predictions to a .csv or .json file")
+    p.add_argument("--move-into", help="sort files into DIR/<label>/ (copies unless --move)")
+    p.add_argument("--move", action="store_true", help="with --move-into: move files instead of copying")
+    p.add_argument("--no-cache", action="store_true", help="do not cache the label embeddings on disk")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from clipforge.apps.classify import classify_files, prediction_rows, sort_into, write_predictions
+    from clipforge.apps.inputs import collect_images, parse_labels, parse_templates
+    from clipforge.apps.loading import load_model
+    from clipforge.results import markdown_table
+
+    if args.move and not args.move_into:
+        raise ValueError("--move needs --move-into DIR")
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    labels = parse_labels(args.labels)
+    templates = parse_templates(args.templates)
+    paths = collect_images(args.images)
+    model, preprocess = load_model(args.model, args.checkpoint, args.pretrained, args.device)
+    report = classify_files(
+        model,
+        preprocess,
+        paths,
+        labels,
+        templates,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        cache_dir=False if args.no_cache else None,
+        progress=not args.quiet,
+    )
+    rows = prediction_rows(report)
+    result: dict = {"predictions": rows, "failures": report.failures, "num_images": len(paths)}
+    if not args.quiet:
+        print(markdown_table(rows))
+    for failure in report.failures:
+        print(f"skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+    if args.output:
+        result["output"] = str(write_predictions(report, args.output))
+    if args.move_into:
+        result["placed"] = sort_into(report, args.move_into, move=args.move)
+    return result

@@ -1,0 +1,56 @@
+"""`clipforge embed`: images or texts -> sharded .npy embeddings + metadata (resumable, torchrun-aware)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipforge embed", description=__doc__)
+    p.add_argument(
+        "source", help="image folder, .csv/.jsonl/.txt table, or WebDataset .tar[.gz] shards/folder"
+    )
+    p.add_argument("--out", required=True, help="output folder (reruns skip finished shards)")
+    p.add_argument("--kind", choices=("image", "text"), default="image")
+    p.add_argument("--column", help="table column with the image path (default 'path') or text ('text')")
+    p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--pretrained")
+    p.add_argument("--checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--shard-size", type=int, default=10_000, help="rows per output shard")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--metadata", choices=("parquet", "jsonl"), default="parquet")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from clipforge.apps.embed import embed_source
+    from clipforge.apps.loading import load_model
+
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
+    model, preprocess = load_model(args.model, args.checkpoint, args.pretrained, args.device)
+    report = embed_source(
+        model,
+        preprocess,
+        args.source,
+        args.out,
+        kind=args.kind,
+        column=args.column,
+        shard_size=args.shard_size,
+        dtype=args.dtype,
+        metadata_format=args.metadata,
+        batch_size=args.batch_size,
+        model_name=args.checkpoint or args.model,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(
+            f"rank {report['rank']}/{report['world_size']}: wrote {len(report['written'])} shards "
+            f"({report['rows']} rows), skipped {len(report['skipped'])} finished, "
+            f"{len(report['failures'])} unreadable -> {args.out}"
+        )
+    return report

@@ -1,0 +1,37 @@
+"""`clipforge search`: query an index folder by text, by image, or both."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="clipforge search", description=__doc__)
+    p.add_argument("index", help="folder written by `clipforge index`")
+    p.add_argument("--text", help="text query")
+    p.add_argument("--image", help="image file query")
+    p.add_argument("-k", "--top-k", type=int, default=10)
+    p.add_argument("--model", default="ViT-B-32", help="must be the model that embedded the index")
+    p.add_argument("--pretrained")
+    p.add_argument("--checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    from clipforge.apps.inputs import open_image
+    from clipforge.apps.loading import load_model
+    from clipforge.apps.search import SearchIndex, search
+    from clipforge.results import markdown_table
+
+    if not args.text and not args.image:
+        raise ValueError("give --text, --image or both")
+    index = SearchIndex(args.index)
+    model, preprocess = load_model(args.model, args.checkpoint, args.pretrained, args.device)
+    image = open_image(args.image) if args.image else None
+    hits = [h.to_dict() for h in search(index, model, preprocess, text=args.text, image=image, k=args.top_k)]
+    if args.json:
+        print(json.dumps(hits, indent=2))
+    else:
+        rows = [{"rank": h["rank"], "score": round(h["score"], 4), **h["metadata"]} for h in hits]
+        print(markdown_table(rows))
+    return {"hits": hits}
