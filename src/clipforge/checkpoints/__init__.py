@@ -1,0 +1,151 @@
+"""Checkpoints: safe loading, clipforge's own format, OpenAI / open_clip / HF converters, downloads.
+
+Front door: `load_any(path)` (auto-detects the format), `load_pretrained(name, tag_or_path)`,
+`save(model, path, fmt)`, and for training code `save_checkpoint` / `load_checkpoint` /
+`load_model_file`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from clipforge.checkpoints.download import cache_dir, download, offline_mode
+from clipforge.checkpoints.io import (
+    Checkpoint,
+    UnsafeCheckpointError,
+    checkpoint_from_object,
+    is_safetensors,
+    is_torchscript,
+    load_checkpoint,
+    load_model_file,
+    read_safetensors_header,
+    save_checkpoint,
+    torch_load_safe,
+)
+from clipforge.checkpoints.registry import get_pretrained, list_pretrained
+from clipforge.models import CLIP, CLIPConfig, get_config
+
+FORMATS = ("clipforge", "openai", "open_clip", "hf")
+
+__all__ = [
+    "FORMATS",
+    "Checkpoint",
+    "UnsafeCheckpointError",
+    "cache_dir",
+    "detect_format",
+    "download",
+    "get_pretrained",
+    "list_pretrained",
+    "load_any",
+    "load_checkpoint",
+    "load_model_file",
+    "load_pretrained",
+    "offline_mode",
+    "save",
+    "save_checkpoint",
+]
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """One of 'clipforge', 'openai-torchscript', 'openai' (OpenAI-layout state_dict, which is also
+    open_clip's), 'open_clip' (a wrapped training checkpoint or open_clip safetensors) or 'hf'."""
+    path = Path(path)
+    if path.is_dir():
+        from clipforge.checkpoints.hf import is_hf_dir
+
+        if is_hf_dir(path):
+            return "hf"
+        raise ValueError(f"{path}: a directory but not an HF CLIP model (config.json with model_type 'clip')")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    if is_torchscript(path):
+        return "openai-torchscript"
+    if is_safetensors(path):
+        keys, metadata = read_safetensors_header(path)
+        return _classify(path, dict.fromkeys(keys), metadata.get("format") == "clipforge", wrapped=True)
+    obj = torch_load_safe(path)
+    if checkpoint_from_object(path, obj) is not None:
+        return "clipforge"
+    wrapped = isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
+    return _classify(path, obj["state_dict"] if wrapped else obj, False, wrapped)
+
+
+def _classify(path: Path, tensors, is_clipforge: bool, wrapped: bool) -> str:
+    if is_clipforge:
+        return "clipforge"
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{path}: holds a {type(tensors).__name__}, not a state_dict or checkpoint")
+    keys = {k.split("module.", 1)[-1] for k in tensors}
+    if "text_projection" in keys and "token_embedding.weight" in keys:
+        has_prefix = any(k.startswith(("module.", "_orig_mod.")) for k in tensors)
+        return "open_clip" if wrapped or has_prefix or "input_resolution" not in keys else "openai"
+    if "text.token_embedding.weight" in keys:
+        raise ValueError(f"{path}: a clipforge state_dict without its config; save with save_checkpoint")
+    if any(k.startswith("text_model.") for k in keys):
+        raise ValueError(f"{path}: HF CLIPModel weights; load the directory holding it and config.json")
+    raise ValueError(f"{path}: unrecognised checkpoint (first keys: {sorted(keys)[:5]})")
+
+
+def load_any(
+    path: str | os.PathLike, config: CLIPConfig | str | None = None, dtype: torch.dtype | None = torch.float32
+) -> CLIP:
+    """A CLIP model (eval mode, CPU) from any supported checkpoint, format auto-detected.
+
+    `config` (a preset name or CLIPConfig) overrides shape inference for OpenAI / open_clip files;
+    clipforge and HF files carry their own config. `dtype=None` keeps the file's dtype (OpenAI's
+    files are fp16); the default casts to fp32."""
+    if isinstance(config, str):
+        config = get_config(config)
+    fmt = detect_format(path)
+    if fmt == "clipforge":
+        model = load_model_file(path)
+    elif fmt == "hf":
+        from clipforge.checkpoints.hf import load_hf
+
+        model = load_hf(path)
+    elif fmt == "open_clip":
+        from clipforge.checkpoints.open_clip import load_open_clip
+
+        model = load_open_clip(path, config)
+    else:
+        from clipforge.checkpoints.openai import load_openai
+
+        model = load_openai(path, config)
+    return model.to(dtype) if dtype is not None else model
+
+
+def load_pretrained(
+    name_or_config: str | CLIPConfig, tag_or_path: str | os.PathLike, offline: bool | None = None
+) -> CLIP:
+    """Weights for a model: a registry tag ('openai' downloads OpenAI's file into the cache) or a
+    checkpoint path (any format; the name/config is used where the file does not record one)."""
+    config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    if not Path(tag_or_path).exists() and isinstance(tag_or_path, str) and "/" not in tag_or_path:
+        if not isinstance(name_or_config, str):
+            raise ValueError(f"tag {tag_or_path!r} needs a model name, not a config")
+        entry = get_pretrained(name_or_config, tag_or_path)
+        path = download(entry.url, entry.sha256, offline=offline)
+        return load_any(path, config)
+    return load_any(tag_or_path, config)
+
+
+def save(model: CLIP, path: str | os.PathLike, fmt: str = "clipforge") -> Path:
+    """Write `model` in one of FORMATS ('hf' writes a directory)."""
+    if fmt == "clipforge":
+        return save_checkpoint(path, model)
+    if fmt == "openai":
+        from clipforge.checkpoints.openai import save_openai
+
+        return save_openai(model, path)
+    if fmt == "open_clip":
+        from clipforge.checkpoints.open_clip import save_open_clip
+
+        return save_open_clip(model, path)
+    if fmt == "hf":
+        from clipforge.checkpoints.hf import save_hf
+
+        return save_hf(model, path)
+    raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")

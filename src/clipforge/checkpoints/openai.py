@@ -1,0 +1,193 @@
+"""OpenAI's CLIP checkpoints: TorchScript archives or plain state_dicts in OpenAI's layout.
+
+open_clip uses the same layout, so `openai_to_clipforge` / `clipforge_to_openai` are also its name
+map. Only this module (and hf.py for HF) knows foreign names; the model's own names never change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from clipforge.checkpoints.io import (
+    is_safetensors,
+    is_torchscript,
+    model_from_state,
+    read_safetensors,
+    torch_load_safe,
+)
+from clipforge.checkpoints.torchscript import read_torchscript_weights
+from clipforge.fileio import atomic_write
+from clipforge.models import CLIP, PRESETS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+
+# Keys that are not weights: the TorchScript archives' scalars and the causal-mask buffer.
+IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
+IGNORED_SUFFIXES = ("attn_mask", "position_ids")
+
+# (OpenAI / open_clip fragment, clipforge fragment), applied in order to each key.
+_BLOCK_NAMES = (
+    (".transformer.resblocks.", ".transformer.blocks."),
+    (".attn.in_proj_weight", ".attn.qkv.weight"),
+    (".attn.in_proj_bias", ".attn.qkv.bias"),
+    (".attn.out_proj.", ".attn.proj."),
+    (".mlp.c_fc.", ".mlp.fc1."),
+    (".mlp.c_proj.", ".mlp.fc2."),
+    (".downsample.0.", ".downsample.conv."),
+    (".downsample.1.", ".downsample.bn."),
+)
+
+
+def is_openai_layout(state_dict: dict[str, Tensor]) -> bool:
+    return "text_projection" in state_dict and "token_embedding.weight" in state_dict
+
+
+def _is_vit(state_dict: dict[str, Tensor]) -> bool:
+    return "visual.proj" in state_dict or "visual.patch_embed.weight" in state_dict
+
+
+def openai_to_clipforge(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """OpenAI / open_clip names -> clipforge names (tensors are shared, not copied)."""
+    vit = _is_vit(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        if key in IGNORED_KEYS or key.endswith(IGNORED_SUFFIXES):
+            continue
+        name = key if key.startswith("visual.") or key == "logit_scale" else f"text.{key}"
+        name = "." + name
+        for old, new in _BLOCK_NAMES:
+            name = name.replace(old, new)
+        name = name[1:]
+        if vit and name == "visual.conv1.weight":
+            name = "visual.patch_embed.weight"
+        out[name] = value
+    return out
+
+
+def clipforge_to_openai(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """clipforge names -> OpenAI / open_clip names (loads strictly into either)."""
+    vit = _is_vit(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        name = "." + (key[len("text.") :] if key.startswith("text.") else key)
+        for old, new in _BLOCK_NAMES:
+            name = name.replace(new, old)
+        name = name[1:]
+        if vit and name == "visual.patch_embed.weight":
+            name = "visual.conv1.weight"
+        out[name] = value
+    return out
+
+
+def _count_blocks(state_dict: dict[str, Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
+
+
+def infer_config(state_dict: dict[str, Tensor], activation: str = "quick_gelu") -> CLIPConfig:
+    """The architecture of an OpenAI-layout state_dict, from tensor shapes alone.
+
+    Returns the matching preset when one has these shapes (so its heads, activation and preprocessing
+    come along); otherwise a config with OpenAI's conventions (64-dim heads) and `activation`."""
+    sd = state_dict
+    embed_dim = sd["text_projection"].shape[1]
+    text_width = sd["ln_final.weight"].shape[0]
+    text_mlp = sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width
+    text = TextConfig(
+        context_length=sd["positional_embedding"].shape[0],
+        vocab_size=sd["token_embedding.weight"].shape[0],
+        width=text_width,
+        heads=max(text_width // 64, 1),
+        layers=_count_blocks(sd, "transformer.resblocks."),
+        mlp_ratio=text_mlp,
+    )
+    if "visual.proj" in sd:
+        width = sd["visual.conv1.weight"].shape[0]
+        patch = sd["visual.conv1.weight"].shape[-1]
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision = VisionConfig(
+            kind="vit",
+            image_size=patch * grid,
+            width=width,
+            layers=_count_blocks(sd, "visual.transformer.resblocks."),
+            patch_size=patch,
+            mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
+        )
+    elif "visual.attnpool.positional_embedding" in sd:
+        grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision = VisionConfig(
+            kind="resnet",
+            image_size=grid * 32,
+            width=sd["visual.layer1.0.conv1.weight"].shape[0],
+            layers=tuple(_count_blocks(sd, f"visual.layer{i}.") for i in range(1, 5)),
+        )
+    else:
+        raise ValueError("state_dict has neither visual.proj (ViT) nor visual.attnpool (ResNet) weights")
+    config = CLIPConfig(
+        embed_dim=embed_dim,
+        vision=vision,
+        text=text,
+        activation=activation,
+        preprocess=PreprocessConfig(image_size=vision.image_size),
+    )
+    return match_preset(config) or config
+
+
+def _shape_signature(config: CLIPConfig) -> tuple:
+    v, t = config.vision, config.text
+    return (config.embed_dim, v.kind, v.image_size, v.width, v.layers, v.patch_size, v.mlp_ratio,
+            t.context_length, t.vocab_size, t.width, t.layers, t.mlp_ratio)  # fmt: skip
+
+
+def match_preset(config: CLIPConfig) -> CLIPConfig | None:
+    """The preset with the same tensor shapes as `config` (heads/activation are not visible in shapes)."""
+    signature = _shape_signature(config)
+    return next((preset for preset in PRESETS.values() if _shape_signature(preset) == signature), None)
+
+
+def preset_name(config: CLIPConfig) -> str | None:
+    return next((name for name, preset in PRESETS.items() if preset == config), None)
+
+
+def read_openai_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """OpenAI-layout tensors from a TorchScript archive, a torch.save'd state_dict or safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if is_torchscript(path):
+        return read_torchscript_weights(path)
+    if is_safetensors(path):
+        return read_safetensors(path)[0]
+    obj = torch_load_safe(path)
+    if not (isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values())):
+        raise ValueError(f"{path}: expected a state_dict (name -> tensor), got {type(obj).__name__}")
+    return obj
+
+
+def model_from_openai_state(
+    state_dict: dict[str, Tensor], config: CLIPConfig | None, source: str | os.PathLike
+) -> CLIP:
+    if not is_openai_layout(state_dict):
+        raise ValueError(
+            f"{source}: not an OpenAI/open_clip-layout state_dict (no 'text_projection' and "
+            f"'token_embedding.weight'); first keys: {list(state_dict)[:5]}"
+        )
+    config = config or infer_config(state_dict)
+    return model_from_state(config, openai_to_clipforge(state_dict), source)
+
+
+def load_openai(path: str | os.PathLike, config: CLIPConfig | None = None) -> CLIP:
+    """A CLIP model from an OpenAI checkpoint (TorchScript or state_dict), in the file's dtype.
+
+    The architecture is inferred from tensor shapes unless `config` is given."""
+    return model_from_openai_state(read_openai_state_dict(path), config, path)
+
+
+def save_openai(model: CLIP, path: str | os.PathLike) -> Path:
+    """Save the weights as a plain OpenAI-layout state_dict (`torch.save`, loads with OpenAI's
+    `build_model` and open_clip); the TorchScript form is not written."""
+    state_dict = {k: v.detach().cpu() for k, v in clipforge_to_openai(model.state_dict()).items()}
+    return atomic_write(path, lambda f: torch.save(state_dict, f))

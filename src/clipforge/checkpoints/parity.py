@@ -1,0 +1,88 @@
+"""Exact-parity checks of the converters against the reference implementations.
+
+Used by tests/test_parity.py and benchmarks/parity_report.py. Needs open_clip (and transformers for
+the HF side), imported lazily: the rest of clipforge never depends on them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from clipforge.checkpoints.io import model_from_state
+from clipforge.checkpoints.openai import infer_config, openai_to_clipforge
+from clipforge.models import CLIP, get_config
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int, scale: float = 0.02) -> nn.Module:
+    """Perturb every parameter and give BatchNorm random running statistics, so that no tensor
+    keeps a symmetric init (ones, zeros) that would hide a wrong mapping."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        param.add_(scale * torch.randn(param.shape, generator=generator))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+    return model
+
+
+def random_open_clip(name: str, seed: int = 0) -> nn.Module:
+    """open_clip's `<name>-quickgelu` with random weights and BN statistics, fp32, eval mode."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(f"{name}-quickgelu", pretrained=None, device="cpu")
+    return randomize_(model.float().eval(), seed)
+
+
+def clipforge_from_open_clip(open_clip_model: nn.Module, name: str | None = None) -> CLIP:
+    state_dict = open_clip_model.state_dict()
+    config = get_config(name) if name else infer_config(state_dict)
+    return model_from_state(config, openai_to_clipforge(state_dict), "<open_clip model>").float()
+
+
+def sample_inputs(model: CLIP, batch: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random images and token ids with EOT (the largest id) at varied lengths, zero padding."""
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    size = config.vision.image_size
+    images = torch.randn(batch, 3, size, size, generator=generator)
+    vocab, length = config.text.vocab_size, config.text.context_length
+    text = torch.zeros(batch, length, dtype=torch.long)
+    for row in range(batch):
+        n = int(torch.randint(2, length - 1, (1,), generator=generator))
+        text[row, 0] = vocab - 2  # start-of-text
+        text[row, 1:n] = torch.randint(1, vocab - 2, (n - 1,), generator=generator)
+        text[row, n] = vocab - 1  # end-of-text
+    return images, text
+
+
+def max_abs_diff(a: Tensor, b: Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+@torch.no_grad()
+def compare_open_clip(ours: CLIP, theirs: nn.Module, images: Tensor, text: Tensor) -> dict[str, float]:
+    return {
+        "image": max_abs_diff(ours.encode_image(images), theirs.encode_image(images)),
+        "text": max_abs_diff(ours.encode_text(text), theirs.encode_text(text)),
+    }
+
+
+@torch.no_grad()
+def compare_hf(ours: CLIP, hf_model: nn.Module, images: Tensor, text: Tensor) -> dict[str, float]:
+    image_hf = hf_model.get_image_features(pixel_values=images).pooler_output
+    text_hf = hf_model.get_text_features(input_ids=text).pooler_output
+    return {
+        "image": max_abs_diff(ours.encode_image(images), image_hf),
+        "text": max_abs_diff(ours.encode_text(text), text_hf),
+    }
+
+
+def load_hf_reference(directory) -> nn.Module:
+    """transformers.CLIPModel from a directory written by `save_hf`, offline, fp32, eval."""
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(str(directory), local_files_only=True).float().eval()
