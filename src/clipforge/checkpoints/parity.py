@@ -86,3 +86,35 @@ def load_hf_reference(directory) -> nn.Module:
     from transformers import CLIPModel
 
     return CLIPModel.from_pretrained(str(directory), local_files_only=True).float().eval()
+
+
+# Small OpenAI-layout architectures (64-dim heads, as OpenAI's shape inference assumes).
+TINY_OPENAI = {
+    "vit": dict(image_size=32, layers=2, width=128, patch_size=8),
+    "resnet": dict(image_size=64, layers=(1, 1, 1, 1), width=16),
+}
+TINY_OPENAI_TEXT = dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2)
+
+
+def tiny_open_clip(kind: str, seed: int = 0) -> nn.Module:
+    """A small random open_clip CLIP (QuickGELU) in OpenAI's layout: fixtures for the converters."""
+    from open_clip.model import CLIP as OpenCLIP
+
+    torch.manual_seed(seed)
+    model = OpenCLIP(32, TINY_OPENAI[kind], TINY_OPENAI_TEXT, quick_gelu=True)
+    return randomize_(model.eval(), seed)
+
+
+def trace_open_clip(model: nn.Module, path) -> None:
+    """Save `model` as a TorchScript archive the way OpenAI's released files were made (traced)."""
+    import warnings
+
+    size = (
+        model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    )
+    images = torch.zeros(1, 3, size, size)
+    text = torch.zeros(1, 77, dtype=torch.long)
+    text[0, 0], text[0, 1] = 49406, 49407
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(model, (images, text), check_trace=False).save(str(path))
