@@ -1,0 +1,334 @@
+"""FastAPI service: /classify, /embed, /search, /thumbs, /health, the page at /, OpenAPI docs at /docs.
+
+Model calls from concurrent requests are micro-batched (one image queue, one text queue). Uploads are
+size-limited while they stream in, images are type-checked from their header and refused above a pixel
+limit before decoding, and every request has a time limit. The index folder is only ever read, and
+the only files served from it are thumbnails whose names match NNNNNNNN.jpg under thumbs/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import torch
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from clipforge.apps.inputs import ImageError, open_image
+from clipforge.apps.serve.batching import MicroBatcher
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+THUMB_NAME = re.compile(r"^[0-9]{8}\.jpg$")
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_upload_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+    request_timeout_s: float = 30.0
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_labels: int = 200
+    max_text_chars: int = 1000
+    max_k: int = 100
+    classifier_cache: int = 64  # label sets whose text embeddings are kept
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class UploadLimitMiddleware:
+    """ASGI middleware: 413 as soon as a request body exceeds the limit (declared or streamed)."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self._reject(send)
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send):
+        response = JSONResponse(
+            {"detail": f"request body larger than {self.max_body_bytes} bytes"}, status_code=413
+        )
+        await response({"type": "http"}, None, send)
+
+
+class ModelRunner:
+    """The model behind two micro-batchers and an LRU of zero-shot heads keyed by (labels, templates)."""
+
+    def __init__(self, model, preprocess, limits: ServeLimits):
+        self.model, self.preprocess, self.limits = model.eval(), preprocess, limits
+        self.device = next(model.parameters()).device
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        wait_s = limits.max_wait_ms / 1000
+        self.images = MicroBatcher(self._encode_images, limits.max_batch, wait_s, self.executor, "image")
+        self.texts = MicroBatcher(self._encode_texts, limits.max_batch * 4, wait_s, self.executor, "text")
+        self._heads: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    @torch.inference_mode()
+    def _encode_images(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        feats = self.model.encode_image(torch.stack(tensors).to(self.device), normalize=True)  # (B, E)
+        return list(feats.float().cpu())
+
+    def _encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
+        from clipforge.encode import encode_texts
+
+        return list(encode_texts(self.model, texts, batch_size=len(texts)))
+
+    async def image_features(self, image: Image.Image) -> torch.Tensor:  # (E,)
+        return await self.images.submit(self.preprocess(image))
+
+    async def text_features(self, texts: list[str]) -> torch.Tensor:  # (N, E)
+        return torch.stack(await asyncio.gather(*(self.texts.submit(t) for t in texts)))
+
+    async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+        key = (labels, templates)
+        if key in self._heads:
+            self._heads.move_to_end(key)
+            return self._heads[key]
+        prompts = [t.replace("{}", label) for label in labels for t in templates]
+        feats = (await self.text_features(prompts)).view(len(labels), len(templates), -1)  # (C, T, E)
+        head = torch.nn.functional.normalize(feats.mean(1), dim=-1).T  # (E, C)
+        self._heads[key] = head
+        while len(self._heads) > self.limits.classifier_cache:
+            self._heads.popitem(last=False)
+        return head
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+
+def read_image(data: bytes, limits: ServeLimits) -> Image.Image:
+    """Bytes -> RGB image, or HTTPException 415 (type) / 413 (too many pixels) / 400 (undecodable)."""
+    try:
+        header = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise HTTPException(413, f"image refused as a decompression bomb: {err}") from err
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for garbage
+        raise HTTPException(400, f"upload is not a readable image ({type(err).__name__})") from err
+    if header.format not in limits.allowed_formats:
+        allowed = ", ".join(limits.allowed_formats)
+        raise HTTPException(415, f"image type {header.format} not allowed; use one of {allowed}")
+    width, height = header.size
+    if width * height > limits.max_image_pixels:
+        raise HTTPException(
+            413, f"image is {width}x{height}, above the limit of {limits.max_image_pixels} pixels"
+        )
+    try:
+        return open_image(io.BytesIO(data), limits.max_image_pixels)
+    except ImageError as err:
+        raise HTTPException(400, str(err)) from err
+
+
+async def read_upload(upload: UploadFile, limits: ServeLimits) -> Image.Image:
+    data = await upload.read(limits.max_upload_bytes + 1)
+    if len(data) > limits.max_upload_bytes:
+        raise HTTPException(413, f"upload larger than {limits.max_upload_bytes} bytes")
+    if not data:
+        raise HTTPException(400, "upload is empty")
+    return read_image(data, limits)
+
+
+def split_labels(raw: str, limits: ServeLimits) -> tuple[str, ...]:
+    labels = tuple(dict.fromkeys(x.strip() for x in raw.replace("\n", ",").split(",") if x.strip()))
+    if len(labels) < 2:
+        raise HTTPException(422, "labels: give at least two comma-separated labels, e.g. 'cat,dog'")
+    if len(labels) > limits.max_labels or any(len(x) > limits.max_text_chars for x in labels):
+        raise HTTPException(
+            422, f"labels: at most {limits.max_labels}, each <= {limits.max_text_chars} chars"
+        )
+    return labels
+
+
+def split_templates(raw: str | None) -> tuple[str, ...]:
+    if not raw:
+        return ("a photo of a {}.",)
+    templates = tuple(t.strip() for t in raw.split("|") if t.strip())
+    if not templates or any("{}" not in t for t in templates):
+        raise HTTPException(422, "templates: '|'-separated, each with a '{}' for the label")
+    return templates
+
+
+def check_text(text: str, limits: ServeLimits, field: str) -> str:
+    text = text.strip()
+    if not text:
+        raise HTTPException(422, f"{field}: empty")
+    if len(text) > limits.max_text_chars:
+        raise HTTPException(422, f"{field}: longer than {limits.max_text_chars} characters")
+    return text
+
+
+def create_app(
+    model,
+    preprocess,
+    index_dir: str | Path | None = None,
+    limits: ServeLimits | None = None,
+    model_name: str = "",
+) -> FastAPI:
+    """The service for one model and, optionally, one read-only index folder (for /search)."""
+    limits = limits or ServeLimits()
+    # PIL's own guard (raises at 2x this) backs up the explicit header check in read_image.
+    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
+    runner = ModelRunner(model, preprocess, limits)
+    index = None
+    if index_dir is not None:
+        from clipforge.apps.search import SearchIndex
+
+        index = SearchIndex(index_dir)
+        if index.dim != model.config.embed_dim:
+            raise ValueError(
+                f"{index_dir}: index dim {index.dim} != model embed_dim {model.config.embed_dim}"
+            )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runner.images.start()
+        await runner.texts.start()
+        yield
+        await runner.images.stop()
+        await runner.texts.stop()
+
+    app = FastAPI(
+        title="clipforge",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Zero-shot classification, embeddings and search with a CLIP model.",
+    )
+    app.state.runner, app.state.index, app.state.limits = runner, index, limits
+    # multipart overhead on top of the file itself
+    app.add_middleware(UploadLimitMiddleware, max_body_bytes=limits.max_upload_bytes + 64 * 1024)
+
+    @app.middleware("http")
+    async def time_limit(request: Request, call_next):
+        try:
+            return await asyncio.wait_for(call_next(request), limits.request_timeout_s)
+        except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11
+            return JSONResponse({"detail": f"request took longer than {limits.request_timeout_s}s"}, 504)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": model_name,
+            "embed_dim": model.config.embed_dim,
+            "index_size": len(index) if index is not None else 0,
+            "batching": {"image": runner.images.stats.to_dict(), "text": runner.texts.stats.to_dict()},
+        }
+
+    @app.post("/classify")
+    async def classify(
+        image: Annotated[UploadFile, File(description="JPEG/PNG/WebP/GIF/BMP image")],
+        labels: Annotated[str, Form(description="comma-separated labels, e.g. 'cat,dog,car'")],
+        templates: Annotated[
+            str | None, Form(description="'|'-separated, each with {} for the label")
+        ] = None,
+    ) -> dict:
+        label_tuple, template_tuple = split_labels(labels, limits), split_templates(templates)
+        picture = await read_upload(image, limits)
+        features, head = await asyncio.gather(
+            runner.image_features(picture), runner.classifier(label_tuple, template_tuple)
+        )
+        probs = (runner.logit_scale * features @ head).softmax(-1).tolist()  # (C,)
+        ranked = sorted(zip(label_tuple, probs, strict=True), key=lambda lp: -lp[1])
+        return {"labels": [{"label": lab, "prob": p} for lab, p in ranked]}
+
+    @app.post("/embed")
+    async def embed(
+        image: Annotated[UploadFile | None, File()] = None, text: Annotated[str | None, Form()] = None
+    ) -> dict:
+        if (image is None) == (text is None):
+            raise HTTPException(422, "send exactly one of: an image file field 'image', a form field 'text'")
+        if text is not None:
+            vector = (await runner.text_features([check_text(text, limits, "text")]))[0]
+        else:
+            vector = await runner.image_features(await read_upload(image, limits))
+        return {
+            "kind": "text" if text is not None else "image",
+            "dim": len(vector),
+            "embedding": vector.tolist(),
+        }
+
+    def run_search(query: torch.Tensor, k: int) -> dict:
+        if index is None:
+            raise HTTPException(404, "this service has no index (start it with --index DIR)")
+        hits = index.search(torch.nn.functional.normalize(query, dim=0).numpy()[None], k)[0]
+        results = []
+        for hit in hits:
+            item = hit.to_dict()
+            item["thumbnail_url"] = f"/thumbs/{hit.thumbnail}" if hit.thumbnail else None
+            results.append(item)
+        return {"results": results}
+
+    @app.get("/search")
+    async def search_text(
+        q: Annotated[str, Query(description="text query")], k: Annotated[int, Query(ge=1)] = 12
+    ) -> dict:
+        vector = (await runner.text_features([check_text(q, limits, "q")]))[0]
+        return run_search(vector, min(k, limits.max_k))
+
+    @app.post("/search")
+    async def search_image(
+        image: Annotated[UploadFile, File()],
+        q: Annotated[str | None, Form()] = None,
+        k: Annotated[int, Form(ge=1)] = 12,
+    ) -> dict:
+        parts = [await runner.image_features(await read_upload(image, limits))]
+        if q:
+            parts.append((await runner.text_features([check_text(q, limits, "q")]))[0])
+        return run_search(torch.stack(parts).sum(0), min(k, limits.max_k))
+
+    @app.get("/thumbs/{name}")
+    async def thumbnail(name: str) -> FileResponse:
+        if index is None or not THUMB_NAME.match(name):
+            raise HTTPException(404, "no such thumbnail")
+        thumbs = (index.folder / "thumbs").resolve()
+        path = (thumbs / name).resolve()
+        if path.parent != thumbs or not path.is_file():
+            raise HTTPException(404, "no such thumbnail")
+        return FileResponse(path, media_type="image/jpeg")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
