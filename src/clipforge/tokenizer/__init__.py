@@ -1,0 +1,55 @@
+"""OpenAI CLIP's byte-level BPE tokenizer (ids identical to open_clip.tokenize), with a fast path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+
+from clipforge.tokenizer.bpe import EOT_TOKEN_ID, SOT_TOKEN_ID, VOCAB_PATH, VOCAB_SIZE
+from clipforge.tokenizer.hf_export import write_hf_tokenizer_files
+from clipforge.tokenizer.tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer
+
+
+@lru_cache(maxsize=1)
+def default_tokenizer() -> Tokenizer:
+    """The process-wide tokenizer behind `tokenize` (built on first use, ~0.3 s)."""
+    return Tokenizer()
+
+
+def tokenize(
+    texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH, truncate: bool = False
+) -> torch.Tensor:
+    """openai/CLIP's `tokenize`: (N, context_length) int64 ids, SOT/EOT added, zero-padded.
+
+    Too-long texts raise ValueError unless `truncate=True` (then the last kept token is EOT).
+    """
+    return default_tokenizer()(texts, context_length=context_length, truncate=truncate)
+
+
+def get_tokenizer(name: str | None = None) -> Tokenizer:
+    """The tokenizer for preset `name` (all share OpenAI's BPE), callable like open_clip's.
+
+    Like open_clip's, it uses the model's context length and truncates long texts by default.
+    """
+    context_length = DEFAULT_CONTEXT_LENGTH
+    if name is not None:
+        from clipforge.models.config import get_config
+
+        context_length = get_config(name).text.context_length
+    return Tokenizer(context_length=context_length, truncate=True)
+
+
+__all__ = [
+    "DEFAULT_CONTEXT_LENGTH",
+    "EOT_TOKEN_ID",
+    "SOT_TOKEN_ID",
+    "VOCAB_PATH",
+    "VOCAB_SIZE",
+    "Tokenizer",
+    "default_tokenizer",
+    "get_tokenizer",
+    "tokenize",
+    "write_hf_tokenizer_files",
+]

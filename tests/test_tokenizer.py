@@ -1,0 +1,188 @@
+"""The tokenizer gives exactly open_clip's ids (fixed cases, hypothesis, all COCO val captions)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import pickle
+from itertools import chain
+
+import ftfy
+import open_clip
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clipforge.tokenizer import (
+    EOT_TOKEN_ID,
+    SOT_TOKEN_ID,
+    VOCAB_SIZE,
+    Tokenizer,
+    get_tokenizer,
+    tokenize,
+    write_hf_tokenizer_files,
+)
+from clipforge.tokenizer.bpe import load_vocab
+from clipforge.tokenizer.clean import WORD_PATTERN, clean_text, is_plain
+
+REFERENCE = open_clip.tokenizer._tokenizer  # open_clip's SimpleTokenizer behind open_clip.tokenize
+
+FIXED_CASES = [
+    "",
+    " ",
+    "a photo of a cat.",
+    "A Photo Of A CAT!!!",
+    "  lots\tof \n whitespace\r\n here  ",
+    "don't you've we'll I'm she'd it's they're",
+    "Crème brûlée, naïve café, Ångström, Øresund, straße, İstanbul",
+    "日本語のテキスト、中文字符和한국어",
+    "emoji 🐶🐱🚀👩‍👩‍👧‍👦 🇫🇷 ❤️",
+    "Tom &amp; Jerry &lt;b&gt; &#39;quoted&#39; &amp;amp; &eacute; &#x1F600; &nbsp;x",
+    "&amp;lt;double&amp;gt;",
+    "https://example.com/path?q=1&lang=en#frag user@mail.org",
+    "3.14159 1,000,000 2024-01-01 0x1F 1e-10 ½ ² ٣ ⅷ",
+    "mojibake: â€œquotedâ€\x9d cafÃ© Ã©tÃ© naÃ¯ve",
+    "control\x00chars\x07and\x1bterminal\x1b[31mred\x1b[0m\x7f",
+    "ｆｕｌｌｗｉｄｔｈ ﬁ ligature “curly” ‘quotes’",
+    "<start_of_text> <end_of_text> <|startoftext|> <|endoftext|>",
+    "\u00a0\u2028\u3000\u200b\ufeff zero width",
+    "ℌ𝔢𝔩𝔩𝔬 𝕨𝕠𝕣𝕝𝕕",
+    "a" * 300,
+    "word " * 100,
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "''s '' 's's 'S 'LL",
+    "\x1c\x1d\x1e\x1f separators",
+]
+
+
+def reference_rows(texts: list[str], context_length: int = 77) -> torch.Tensor:
+    return open_clip.tokenize(texts, context_length=context_length)
+
+
+def coco_captions(shared_data) -> list[str]:
+    path = shared_data / "coco_captions_mini" / "coco_val2017_all_captions.csv.gz"
+    with gzip.open(path, "rb") as f:
+        return [row["caption"] for row in csv.DictReader(io.TextIOWrapper(f, encoding="utf-8"))]
+
+
+def test_vocabulary_is_openais():
+    vocab = load_vocab()
+    assert len(vocab.token_to_id) == VOCAB_SIZE == len(REFERENCE.encoder)
+    assert vocab.token_to_id == REFERENCE.encoder
+    assert (REFERENCE.sot_token_id, REFERENCE.eot_token_id) == (SOT_TOKEN_ID, EOT_TOKEN_ID)
+    assert vocab.byte_to_char == open_clip.tokenizer.bytes_to_unicode()
+
+
+@pytest.mark.parametrize("text", FIXED_CASES)
+def test_fixed_cases_match_open_clip(text):
+    ours = Tokenizer()
+    assert ours.encode(text) == REFERENCE.encode(text)
+    assert torch.equal(ours([text], truncate=True), reference_rows([text]))
+
+
+def test_batch_and_get_tokenizer_match_open_clip():
+    texts = FIXED_CASES * 3
+    expected = reference_rows(texts)
+    assert torch.equal(tokenize(texts, truncate=True), expected)
+    ours, reference = get_tokenizer("ViT-B-32"), open_clip.get_tokenizer("ViT-B-32")
+    assert ours.context_length == reference.context_length == 77
+    assert torch.equal(ours(texts), reference(texts))  # truncates by default, like open_clip's
+    assert torch.equal(ours(texts, context_length=16), reference(texts, context_length=16))
+
+
+ALPHABETS = {
+    "any": st.characters(),
+    "ascii": st.characters(min_codepoint=0, max_codepoint=127),
+    "latin_accents": st.characters(min_codepoint=0x20, max_codepoint=0x24F),
+    "cjk_kana_hangul": st.sampled_from("日本語中文字符漢字かなカナ한국어。、「」 0123"),
+    "emoji": st.characters(min_codepoint=0x1F300, max_codepoint=0x1FAFF) | st.sampled_from(" \u200d\ufe0f"),
+    "html": st.sampled_from(["&", ";", "#", "x", "amp", "lt", "gt", "quot", "39", "1F600", " ", "<", ">"]),
+    "mojibake": st.sampled_from("Ã©â€œ™žŸ¡¢ \x80\x9d\xa0 abc"),
+    "whitespace_controls": st.sampled_from("ab \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2028\u3000\x00\x1b"),
+}
+
+
+@pytest.mark.parametrize("alphabet", sorted(ALPHABETS))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_text_matches_open_clip(alphabet, data):
+    element = ALPHABETS[alphabet]
+    if alphabet in ("html",):
+        text = "".join(data.draw(st.lists(element, max_size=30)))
+    else:
+        text = data.draw(st.text(element, max_size=80))
+    assert Tokenizer().encode(text) == REFERENCE.encode(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=120))
+def test_plain_text_needs_no_cleaning(text):
+    """The fast path's premise: on printable ASCII without '&', ftfy/unescape/whitespace change no word."""
+    if not is_plain(text):
+        return
+    assert ftfy.fix_text(text) == text
+    words = list(chain.from_iterable(WORD_PATTERN.findall(c) for c in text.lower().split()))
+    assert words == WORD_PATTERN.findall(clean_text(text))
+
+
+def test_too_long_raises_or_truncates():
+    long_text = "word " * 100
+    with pytest.raises(ValueError, match=r"text 1 is 102 tokens long .* context_length=77"):
+        tokenize(["short", long_text])
+    rows = tokenize(["short", long_text], truncate=True)
+    assert rows[1, -1].item() == EOT_TOKEN_ID and rows[1, 0].item() == SOT_TOKEN_ID
+    assert torch.equal(rows, reference_rows(["short", long_text]))
+    exact = "word " * 75  # 75 + SOT + EOT = 77: fits without truncation
+    assert torch.equal(tokenize(exact), reference_rows([exact]))
+    with pytest.raises(ValueError, match="context_length=1"):
+        tokenize("a", context_length=1)
+
+
+def test_shapes_padding_and_types():
+    assert tokenize([]).shape == (0, 77)
+    empty = tokenize("")
+    assert empty.dtype == torch.int64 and empty.shape == (1, 77)
+    assert empty[0, :3].tolist() == [SOT_TOKEN_ID, EOT_TOKEN_ID, 0] and empty[0, 2:].abs().sum() == 0
+    assert tokenize(("a", "b"), context_length=5).shape == (2, 5)
+    with pytest.raises(TypeError, match=r"texts\[1\] is int"):
+        tokenize(["a", 3])
+
+
+def test_decode_inverts_like_open_clip():
+    tok = Tokenizer()
+    for text in FIXED_CASES:
+        ids = tok.encode(text)
+        if SOT_TOKEN_ID in ids or EOT_TOKEN_ID in ids:
+            continue  # ours skips SOT and stops at EOT
+        assert tok.decode(ids) == REFERENCE.decode(ids).rstrip(" ")
+    row = tok("A photo of a dog.")[0]
+    assert tok.decode(row) == "a photo of a dog ."
+
+
+def test_pickle_and_small_cache_keep_ids():
+    texts = FIXED_CASES[:12]
+    tok = Tokenizer(context_length=32, cache_size=5)
+    restored = pickle.loads(pickle.dumps(tok))
+    assert restored.context_length == 32 and len(pickle.dumps(tok)) < 1000
+    expected = reference_rows(texts, context_length=32)
+    assert torch.equal(tok(texts, truncate=True), expected)
+    assert torch.equal(tok(texts, truncate=True), expected)  # after the cache was emptied
+    assert torch.equal(restored(texts, truncate=True), expected)
+
+
+def test_all_coco_val_captions_match_open_clip(shared_data):
+    captions = coco_captions(shared_data)
+    assert len(captions) == 25_014
+    assert torch.equal(Tokenizer()(captions, truncate=True), reference_rows(captions))
+
+
+def test_hf_tokenizer_files_give_same_ids(tmp_path, shared_data):
+    from transformers import CLIPTokenizerFast
+
+    captions = coco_captions(shared_data)[:2000]
+    hf = CLIPTokenizerFast.from_pretrained(write_hf_tokenizer_files(tmp_path))
+    encoded = hf(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    hf_rows = encoded["input_ids"] * encoded["attention_mask"]  # HF pads with EOT; we pad with 0
+    assert torch.equal(hf_rows, tokenize(captions, truncate=True))
