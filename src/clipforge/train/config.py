@@ -1,0 +1,127 @@
+"""TrainConfig: every training knob as nested frozen dataclasses (defaults -> YAML -> key=value overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from clipforge.overrides import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "tiny-vit"  # a preset from clipforge.models.PRESETS
+    pretrained: str | None = None  # checkpoint path or registry tag to start from
+    context_length: int | None = None  # shorter text context than the preset's (cheaper; captions are short)
+    image_size: int | None = None  # train at another resolution than the preset's
+    grad_checkpointing: bool = False
+    lock_image: bool = False  # LiT: freeze the image tower
+    lock_text: bool = False
+
+
+@dataclass(frozen=True)
+class DataSection:
+    kind: Literal["synthetic", "csv", "custom"] = "synthetic"  # custom: pass train_data= to fit()
+    path: str | None = None  # csv: a CSV with `path` and `caption` or `class_name` columns
+    caption_template: str = "a photo of a {}."  # csv with class_name: how a label becomes a caption
+    batch_size: int = 64  # pairs per optimizer step on each rank (global batch = batch_size * world size)
+    accum_steps: int = 1  # micro-batches per step; the loss still sees the whole batch (GradCache)
+    num_workers: int = 0
+    shuffle: bool = True
+    num_samples: int = 512  # synthetic only
+    num_classes: int = 10  # synthetic only
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 100
+    min_lr: float = 0.0
+    grad_clip_norm: float | None = 1.0  # null: no clipping
+
+
+@dataclass(frozen=True)
+class LossSection:
+    local_loss: bool = False  # each rank computes only its rows of the similarity matrix
+    gather_with_grad: bool = True  # exact gradients across ranks (False: cheaper approximation)
+    max_logit_scale: float = 100.0  # exp(logit_scale) is clamped to this after every step
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    every_steps: int = 0  # 0: only at the end of each epoch and of training
+    keep_last: int = 2
+    best_metric: str = "zeroshot_top1"  # higher is better; best.pt is kept beside the last K
+    resume: str | None = None  # "auto" (newest in output_dir/checkpoints) or a file path
+
+
+@dataclass(frozen=True)
+class LogSection:
+    every_steps: int = 10
+    progress: bool = True  # tqdm bar
+    jsonl: bool = True  # output_dir/metrics.jsonl
+    tensorboard: bool = False  # output_dir/tensorboard
+    plot: bool = True  # output_dir/train_curve.png at the end
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    zeroshot_every_steps: int = 0  # 0: only at the end (when zeroshot_data is set)
+    zeroshot_data: str | None = None  # CSV with `path`, `label`, `class_name` columns (e.g. cifar10 test.csv)
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    max_images: int = 1000
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    output_dir: str = "runs/train"
+    epochs: int = 1
+    max_steps: int | None = None  # stop (and end the schedule) after this many optimizer steps
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
+
+    def validate(self) -> TrainConfig:
+        """Value checks the types cannot express; raises ConfigError naming the field."""
+        checks = [
+            (self.data.batch_size > 0, "data.batch_size must be > 0"),
+            (self.data.accum_steps > 0, "data.accum_steps must be > 0"),
+            (
+                self.data.batch_size % self.data.accum_steps == 0,
+                f"data.batch_size ({self.data.batch_size}) must be divisible by data.accum_steps "
+                f"({self.data.accum_steps})",
+            ),
+            (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
+            (self.epochs > 0, "epochs must be > 0"),
+            (self.max_steps is None or self.max_steps > 0, "max_steps must be > 0 or null"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
+            (self.log.every_steps >= 1, "log.every_steps must be >= 1"),
+            (self.loss.max_logit_scale > 1, "loss.max_logit_scale must be > 1"),
+            (
+                not (self.model.lock_image and self.model.lock_text),
+                "model.lock_image and lock_text: nothing to train",
+            ),
+            (
+                self.data.kind != "csv" or self.data.path is not None,
+                "data.path is required when data.kind=csv",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"config: {message}")
+        return self

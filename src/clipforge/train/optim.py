@@ -1,0 +1,54 @@
+"""AdamW with CLIP's weight-decay exclusions, gradient clipping and frozen ("locked") towers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NO_DECAY_NAME_PARTS = ("token_embedding", "positional_embedding", "class_embedding", "logit_scale")
+
+
+def wants_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """Decay only weight matrices and conv kernels: not gains, biases (ndim < 2), embeddings or logit_scale."""
+    if param.ndim < 2:
+        return False
+    return not any(part in name for part in NO_DECAY_NAME_PARTS)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: with and without weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if wants_weight_decay(name, param) else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
+) -> torch.optim.AdamW:
+    groups = [g for g in param_groups(model, weight_decay) if g["params"]]
+    if not groups:
+        raise ValueError("no trainable parameters: both towers locked?")
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
+def lock_towers(model: nn.Module, lock_image: bool, lock_text: bool) -> None:
+    """LiT: freeze a tower (its parameters get no gradient; BatchNorm statistics stay fixed in eval mode)."""
+    for locked, tower in ((lock_image, model.visual), (lock_text, model.text)):
+        if locked:
+            tower.requires_grad_(False)
+            tower.eval()
+
+
+def keep_locked_in_eval(model: nn.Module, lock_image: bool, lock_text: bool) -> None:
+    """Call after model.train(): locked towers stay in eval mode (frozen BatchNorm statistics)."""
+    if lock_image:
+        model.visual.eval()
+    if lock_text:
+        model.text.eval()

@@ -1,0 +1,124 @@
+"""Contrastive loss: reference values, 2-process (gloo) == 1 process, GradCache accumulation == big batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from clipforge.models import CLIP, get_config
+from clipforge.train.loss import contrastive_loss
+from clipforge.train.objectives import ContrastiveObjective
+from clipforge.train.step import accumulate_gradients
+
+BATCH = 8
+
+
+def tiny_model(seed: int = 0) -> CLIP:
+    config = get_config("tiny-vit")
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, context_length=12))
+    torch.manual_seed(seed)
+    return CLIP(config)
+
+
+def random_batch(size: int = BATCH, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randint(1, 1000, (size, 12), generator=generator)
+    text[:, -1] = 49407  # EOT: pooled position
+    return {
+        "images": torch.randn(size, 3, 32, 32, generator=generator),
+        "text": text,
+        "index": torch.arange(size),
+    }
+
+
+def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_loss_matches_definition():
+    generator = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(5, 7, generator=generator), dim=-1)
+    texts = F.normalize(torch.randn(5, 7, generator=generator), dim=-1)
+    scale = torch.tensor(10.0)
+    logits = scale * images @ texts.T
+    expected = 0
+    for i in range(5):  # row-wise softmax cross-entropy, both directions
+        expected -= math.log(logits[i].softmax(0)[i]) + math.log(logits[:, i].softmax(0)[i])
+    assert contrastive_loss(images, texts, scale).item() == pytest.approx(expected / 10, rel=1e-6)
+    # Perfectly aligned, well-separated pairs have near-zero loss.
+    eye = torch.eye(5, 7)
+    assert contrastive_loss(eye, eye, torch.tensor(100.0)).item() < 1e-12
+
+
+def test_logit_scale_clamped_after_step():
+    model = tiny_model()
+    objective = ContrastiveObjective(model, max_logit_scale=100.0)
+    with torch.no_grad():
+        model.logit_scale.fill_(7.0)
+    objective.after_step()
+    assert model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("accum_steps", [2, 4])
+def test_grad_cache_accumulation_equals_big_batch(accum_steps):
+    batch = random_batch()
+    model = tiny_model()
+    objective = ContrastiveObjective(model)
+    big = accumulate_gradients(objective, batch, 1)["loss"]
+    big_grads = gradients(model)
+    model.zero_grad(set_to_none=True)
+    small = accumulate_gradients(objective, batch, accum_steps)["loss"]
+    small_grads = gradients(model)
+    assert small.item() == pytest.approx(big.item(), abs=1e-6)
+    assert big_grads.keys() == small_grads.keys() and len(big_grads) > 10
+    for name, grad in big_grads.items():
+        torch.testing.assert_close(small_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    # Naive accumulation (mean of micro-batch losses) is a different, smaller-batch objective.
+    model.zero_grad(set_to_none=True)
+    naive = sum(objective.loss(b)["loss"].item() for b in _halves(batch)) / 2
+    assert abs(naive - big.item()) > 1e-3
+
+
+def _halves(batch):
+    return [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
+
+
+def _distributed_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from clipforge.train.distributed import all_reduce_mean, average_gradients
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    batch = random_batch()
+    share = BATCH // world_size
+    local = {k: v[rank * share : (rank + 1) * share] for k, v in batch.items()}
+    results = {}
+    for name, local_loss, accum in [("full", False, 1), ("local", True, 1), ("local_accum2", True, 2)]:
+        model = tiny_model()
+        objective = ContrastiveObjective(model, local_loss=local_loss)
+        loss = accumulate_gradients(objective, local, accum)["loss"]
+        average_gradients([p for p in model.parameters()])
+        results[name] = (all_reduce_mean(loss).item(), gradients(model))
+    if rank == 0:
+        torch.save(results, out_file)
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process_with_whole_batch(tmp_path):
+    out_file = tmp_path / "dist.pt"
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
+    results = torch.load(out_file, weights_only=True)
+    model = tiny_model()
+    loss = ContrastiveObjective(model).loss(random_batch())["loss"]
+    loss.backward()
+    reference = gradients(model)
+    for name, (dist_loss, dist_grads) in results.items():
+        assert dist_loss == pytest.approx(loss.item(), abs=1e-5), name
+        for key, grad in reference.items():
+            torch.testing.assert_close(dist_grads[key], grad, atol=1e-5, rtol=1e-4, msg=f"{name}: {key}")
