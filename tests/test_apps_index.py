@@ -42,7 +42,9 @@ def test_exact_index_has_recall_one():
     assert recall_at_k(index, vectors, 10, 200) == 1.0
 
 
-@pytest.mark.parametrize(("kind", "min_recall"), [("ivf", 0.9), ("hnsw", 0.9), ("ivfpq", 0.3)])
+@pytest.mark.parametrize(
+    ("kind", "min_recall"), [("ivf", 0.9), ("hnsw", 0.9), pytest.param("ivfpq", 0.3, marks=pytest.mark.slow)]
+)
 def test_approximate_recall_at_10_on_20k_clustered(kind, min_recall):
     vectors = clustered(20_000)
     index, params = build_faiss(vectors, kind)
