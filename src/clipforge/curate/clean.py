@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import regex
 from PIL import Image
 
 from clipforge.curate.matcher import normalize_text
 
 THUMB_SIDE = 16
+_NOT_ASCII_LETTER = re.compile(r"[^A-Za-z]+")
+_NOT_LETTER = regex.compile(r"[^\p{L}\p{M}]+")
 
 
 @dataclass(frozen=True)
@@ -44,25 +49,38 @@ def digest64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-def caption_problem(caption: str | None, config: CleanConfig) -> str | None:
-    """Language-agnostic sanity: length, enough letters of any script, not one character repeated."""
-    if caption is None or not caption.strip():
+def caption_problem(caption: str | None, config: CleanConfig, normalised: str | None = None) -> str | None:
+    """Language-agnostic sanity: length, enough letters of any script, not one character repeated.
+    Pass `normalised` (= normalize_text(caption)) when it is already at hand, to skip recomputing it."""
+    if caption is None:
         return "caption_empty"
     text = caption.strip()
+    if not text:
+        return "caption_empty"
     if len(text) < config.min_caption_chars:
         return "caption_too_short"
     if len(text) > config.max_caption_chars:
         return "caption_too_long"
-    visible = [c for c in text if not c.isspace()]
-    letters = sum(c.isalpha() for c in visible)
-    if letters < config.min_letter_fraction * len(visible):
+    visible = "".join(text.split())
+    letters = _NOT_ASCII_LETTER if visible.isascii() else _NOT_LETTER  # stdlib re is 10x faster on ASCII
+    if len(letters.sub("", visible)) < config.min_letter_fraction * len(visible):
         return "caption_not_text"
-    if max(map(visible.count, set(visible))) > config.max_char_repeat_fraction * len(visible):
+    if _most_repeated(visible, config.max_char_repeat_fraction) > config.max_char_repeat_fraction * len(
+        visible
+    ):
         return "caption_repetitive"
-    words = normalize_text(text).split()
-    if len(words) < config.min_caption_words and not _unspaced_script(text):
+    words = (normalize_text(text) if normalised is None else normalised).count(" ") + 1
+    if words < config.min_caption_words and not _unspaced_script(text):
         return "caption_too_short"
     return None
+
+
+def _most_repeated(visible: str, fraction: float) -> int:
+    """Count of the most frequent character; for fraction >= 0.5 only a majority matters, and a
+    majority character is the median of the sorted characters (cheaper than counting them all)."""
+    if fraction >= 0.5:
+        return visible.count(sorted(visible)[len(visible) // 2])
+    return Counter(visible).most_common(1)[0][1]
 
 
 def _unspaced_script(text: str) -> bool:

@@ -80,8 +80,9 @@ def _count_file(path: Path) -> tuple[np.ndarray, int]:
     counts, pairs = QueryCounts(len(matcher)), 0
     for pair in iter_pairs(path, config.image_field, config.caption_field):
         pairs += 1
-        if caption_problem(pair.caption, config.clean) is None:
-            counts.add(matcher.match(pair.caption))
+        normalised = normalize_text(pair.caption) if pair.caption else ""
+        if caption_problem(pair.caption, config.clean, normalised) is None:
+            counts.add(matcher.match_normalized(normalised))
     counts.flush()
     return counts.counts, pairs
 
@@ -89,10 +90,10 @@ def _count_file(path: Path) -> tuple[np.ndarray, int]:
 def _select_pair(pair: Pair) -> tuple[str | None, dict | None]:
     """The per-pair work of pass 2 up to de-duplication: (drop reason, None) or (None, candidate)."""
     config, matcher = _WORKER["config"], _WORKER["matcher"]
-    reason = caption_problem(pair.caption, config.clean)
+    normalised = normalize_text(pair.caption) if pair.caption else ""
+    reason = caption_problem(pair.caption, config.clean, normalised)
     if reason:
         return reason, None
-    normalised = normalize_text(pair.caption)
     query_ids = matcher.match_normalized(normalised)
     if not query_ids:
         return "no_query_match", None
