@@ -275,3 +275,18 @@ def test_unrecognised_file_is_a_clear_error(tmp_path):
         load_any(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_any(tmp_path / "missing.pt")
+
+
+def test_factory_loads_checkpoint_files(tmp_path):
+    from clipforge.factory import create_model, load
+
+    reference = tiny_open_clip("resnet", seed=12)
+    trace_open_clip(reference, tmp_path / "openai.pt")
+    model, preprocess = load(tmp_path / "openai.pt", device="cpu")
+    assert preprocess.config.image_size == 64 and not model.training
+    images, text = sample_inputs(model, 2)
+    assert max(compare_open_clip(model, reference, images, text).values()) <= TOL
+    save(model, tmp_path / "m.safetensors")
+    _same_weights(model, create_model(model.config, tmp_path / "m.safetensors"))
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint path nor a pretrained tag"):
+        create_model("RN50", "laion400m")

@@ -25,7 +25,7 @@ from clipforge.checkpoints.io import (
     save_checkpoint,
     torch_load_safe,
 )
-from clipforge.checkpoints.registry import get_pretrained, list_pretrained
+from clipforge.checkpoints.registry import canonical_name, get_pretrained, list_pretrained
 from clipforge.models import CLIP, CLIPConfig, get_config
 
 FORMATS = ("clipforge", "openai", "open_clip", "hf")
@@ -50,8 +50,10 @@ __all__ = [
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """One of 'clipforge', 'openai-torchscript', 'openai' (OpenAI-layout state_dict, which is also
-    open_clip's), 'open_clip' (a wrapped training checkpoint or open_clip safetensors) or 'hf'."""
+    """One of 'clipforge', 'openai-torchscript', 'openai' (a bare OpenAI-layout state_dict pickle, which
+    open_clip also writes), 'open_clip' (a {"state_dict": ...} training checkpoint, "module."-prefixed
+    names, or OpenAI-layout safetensors) or 'hf' (a directory). Both 'openai' and 'open_clip' load the
+    same way."""
     path = Path(path)
     if path.is_dir():
         from clipforge.checkpoints.hf import is_hf_dir
@@ -81,7 +83,7 @@ def _classify(path: Path, tensors, is_clipforge: bool, wrapped: bool) -> str:
     keys = {k.split("module.", 1)[-1] for k in tensors}
     if "text_projection" in keys and "token_embedding.weight" in keys:
         has_prefix = any(k.startswith(("module.", "_orig_mod.")) for k in tensors)
-        return "open_clip" if wrapped or has_prefix or "input_resolution" not in keys else "openai"
+        return "open_clip" if wrapped or has_prefix else "openai"
     if "text.token_embedding.weight" in keys:
         raise ValueError(f"{path}: a clipforge state_dict without its config; save with save_checkpoint")
     if any(k.startswith("text_model.") for k in keys):
@@ -123,13 +125,20 @@ def load_pretrained(
     """Weights for a model: a registry tag ('openai' downloads OpenAI's file into the cache) or a
     checkpoint path (any format; the name/config is used where the file does not record one)."""
     config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
-    if not Path(tag_or_path).exists() and isinstance(tag_or_path, str) and "/" not in tag_or_path:
-        if not isinstance(name_or_config, str):
-            raise ValueError(f"tag {tag_or_path!r} needs a model name, not a config")
-        entry = get_pretrained(name_or_config, tag_or_path)
-        path = download(entry.url, entry.sha256, offline=offline)
-        return load_any(path, config)
-    return load_any(tag_or_path, config)
+    if Path(tag_or_path).exists():
+        return load_any(tag_or_path, config)
+    tags = [
+        tag
+        for model, tag in list_pretrained()
+        if isinstance(name_or_config, str) and model == canonical_name(name_or_config)
+    ]
+    if str(tag_or_path) in tags:
+        entry = get_pretrained(name_or_config, str(tag_or_path))
+        return load_any(download(entry.url, entry.sha256, offline=offline), config)
+    raise FileNotFoundError(
+        f"{tag_or_path}: neither a checkpoint path nor a pretrained tag for {name_or_config!r} "
+        f"(tags: {', '.join(tags) or 'none'})"
+    )
 
 
 def save(model: CLIP, path: str | os.PathLike, fmt: str = "clipforge") -> Path:
