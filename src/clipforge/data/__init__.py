@@ -1,0 +1,67 @@
+"""Training and evaluation data: sources, decode-once cache, sampler, batched augmentation, loaders.
+
+Batches are dicts {"images": (B, 3, S, S) float32, "text": (B, L) int64, "labels": (B,) int64, "index": (B,)
+int64}. See docs/data.md for the layouts each source reads.
+"""
+
+from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch, keyed_uniform
+from clipforge.data.cache import CachedImages, cached_records, cached_shards, decode_records, decode_shards
+from clipforge.data.captions import DEFAULT_TEMPLATES, PromptCaptioner, default_tokenizer
+from clipforge.data.cifar import SafeUnpickler, load_cifar_python
+from clipforge.data.csvjsonl import read_table
+from clipforge.data.errors import DataSourceError, SkipCounter, SkipSample
+from clipforge.data.evalsets import (
+    LabelledTensors,
+    RetrievalSet,
+    load_retrieval_set,
+    load_zeroshot_eval,
+    to_eval_tensors,
+)
+from clipforge.data.folders import read_caption_folder, read_image_folder
+from clipforge.data.labelled import LabelledArrays, read_classes
+from clipforge.data.loader import ArrayLoader
+from clipforge.data.public import detect_layout, open_labelled_dataset
+from clipforge.data.records import Record, decode_caption, decode_image
+from clipforge.data.sampler import EpochBatchSampler, EpochSampler, epoch_permutation
+from clipforge.data.tarshards import expand_shards, iter_shard
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "ArrayLoader",
+    "AugmentConfig",
+    "CachedImages",
+    "DataSourceError",
+    "EpochBatchSampler",
+    "EpochSampler",
+    "LabelledArrays",
+    "LabelledTensors",
+    "PromptCaptioner",
+    "Record",
+    "RetrievalSet",
+    "SafeUnpickler",
+    "SkipCounter",
+    "SkipSample",
+    "augment_batch",
+    "cached_records",
+    "cached_shards",
+    "decode_caption",
+    "decode_image",
+    "decode_records",
+    "decode_shards",
+    "default_tokenizer",
+    "detect_layout",
+    "epoch_permutation",
+    "eval_batch",
+    "expand_shards",
+    "iter_shard",
+    "keyed_uniform",
+    "load_cifar_python",
+    "load_retrieval_set",
+    "load_zeroshot_eval",
+    "open_labelled_dataset",
+    "read_caption_folder",
+    "read_classes",
+    "read_image_folder",
+    "read_table",
+    "to_eval_tensors",
+]

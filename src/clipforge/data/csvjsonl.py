@@ -1,0 +1,87 @@
+"""Caption/label tables: CSV, TSV and JSONL rows of (image path, caption[, label]) -> `Record`s.
+
+Column names are configurable; relative image paths resolve against the table's own folder (or `root`).
+A missing table or column is a `DataSourceError` naming file, line and field; a bad row is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from clipforge.data.errors import BAD_LABEL, MISSING_FIELD, DataSourceError, SkipCounter
+from clipforge.data.records import Record
+
+
+def _rows(path: Path, delimiter: str | None):
+    """(line number, dict) per data row; the format follows the extension (.jsonl/.json lines, .tsv, .csv)."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            for line_number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataSourceError(path, f"invalid JSON: {e.msg}", line=line_number) from e
+                if not isinstance(row, dict):
+                    raise DataSourceError(path, "each line must be a JSON object", line=line_number)
+                yield line_number, row
+        return
+    delimiter = delimiter or ("\t" if suffix in (".tsv", ".tab") else ",")
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if reader.fieldnames is None:
+            raise DataSourceError(path, "empty table: no header row", line=1)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def read_table(
+    path: str | Path,
+    image_column: str = "path",
+    caption_column: str | None = "caption",
+    label_column: str | None = None,
+    root: str | Path | None = None,
+    delimiter: str | None = None,
+    skips: SkipCounter | None = None,
+) -> list[Record]:
+    """Records from a CSV/TSV/JSONL table; rows lacking a value are skipped and counted in `skips`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(path, "table file not found")
+    root = Path(root) if root is not None else path.parent
+    skips = skips if skips is not None else SkipCounter()
+    wanted = [c for c in (image_column, caption_column, label_column) if c]
+    records, checked = [], False
+    for line, row in _rows(path, delimiter):
+        if not checked:
+            for column in wanted:
+                if column not in row:
+                    raise DataSourceError(
+                        path, f"column missing; columns are {sorted(row)}", line=line, field=column
+                    )
+            checked = True
+        image = row.get(image_column)
+        if not image:
+            skips.add(MISSING_FIELD, f"{path}:{line}: empty {image_column!r}")
+            continue
+        label = None
+        if label_column:
+            value = str(row.get(label_column, "")).strip()
+            if not value.lstrip("-").isdigit():
+                skips.add(BAD_LABEL, f"{path}:{line}: {label_column}={value!r}")
+                continue
+            label = int(value)
+        caption = row.get(caption_column) if caption_column else None
+        if isinstance(
+            caption, str
+        ):  # undecodable bytes survive as surrogates; keep them as bytes for the check
+            caption = caption.encode("utf-8", "surrogateescape")
+        image_path = Path(image) if Path(image).is_absolute() else root / image
+        records.append(Record(image_path, caption, label, key=f"{path.name}:{line}"))
+    if not checked:
+        raise DataSourceError(path, "table has a header but no rows")
+    return records

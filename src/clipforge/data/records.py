@@ -1,0 +1,64 @@
+"""One sample before decoding (`Record`), and the checked decoders for its image and caption bytes."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from clipforge.data.errors import BAD_ENCODING, CORRUPT_IMAGE, EMPTY_CAPTION, MISSING_FILE, SkipSample
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Record:
+    """An image (path on disk or encoded bytes) with a caption and/or an integer label; `key` names it in logs."""
+
+    image: Path | bytes
+    caption: str | bytes | None = None
+    label: int | None = None
+    key: str = ""
+
+
+def read_image_bytes(image: Path | bytes) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    try:
+        return Path(image).read_bytes()
+    except FileNotFoundError as e:
+        raise SkipSample(MISSING_FILE, str(image)) from e
+    except OSError as e:
+        raise SkipSample(MISSING_FILE, f"{image}: {e}") from e
+
+
+def decode_image(image: Path | bytes, key: str = "") -> np.ndarray:
+    """Encoded image -> (H, W, 3) uint8 RGB; unreadable or truncated files raise `SkipSample`."""
+    data = read_image_bytes(image)
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            pil.load()  # forces a full decode so truncated files fail here, not later
+            rgb = pil if pil.mode == "RGB" else pil.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise SkipSample(
+            CORRUPT_IMAGE, f"{key or image if not isinstance(image, bytes) else key}: {e}"
+        ) from e
+
+
+def decode_caption(caption: str | bytes | None, key: str = "") -> str:
+    """Caption bytes/str -> stripped str; empty or non-UTF-8 captions raise `SkipSample`."""
+    if caption is None:
+        raise SkipSample(EMPTY_CAPTION, key)
+    if isinstance(caption, bytes):
+        try:
+            caption = caption.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SkipSample(BAD_ENCODING, key) from e
+    text = caption.replace("\x00", "").strip()
+    if not text:
+        raise SkipSample(EMPTY_CAPTION, key)
+    return text

@@ -1,0 +1,104 @@
+"""Main-process epoch sampler: a seeded permutation per epoch, split across ranks, resumable mid-epoch.
+
+The order depends only on (seed, epoch, rank, world_size), never on the number of loader workers, so a run
+resumed with `set_position(epoch, offset)` and any worker count consumes exactly the remaining samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
+    """(N,) int64: the epoch's order over all samples (identity when not shuffling)."""
+    if not shuffle:
+        return torch.arange(num_samples)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+    return torch.randperm(num_samples, generator=generator)
+
+
+class EpochSampler:
+    """Yields sample indices of this rank for the current epoch, starting at `offset`.
+
+    Ranks take interleaved slices of the permutation (`perm[rank::world_size]`) after truncating it to a multiple
+    of `world_size`, so every rank sees the same number of samples. With `drop_last` the per-rank count is also
+    truncated to whole batches. `offset` counts samples of this rank already consumed in `epoch`.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.epoch, self.offset = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.set_position(epoch, 0)
+
+    def set_position(self, epoch: int, offset: int) -> None:
+        """Resume: the next iteration yields this rank's samples of `epoch` from `offset` on."""
+        if not 0 <= offset <= self.samples_per_rank:
+            raise ValueError(f"offset {offset} outside [0, {self.samples_per_rank}] samples of this rank")
+        self.epoch, self.offset = epoch, offset
+
+    @property
+    def samples_per_rank(self) -> int:
+        count = self.num_samples // self.world_size
+        if self.drop_last and self.batch_size:
+            count -= count % self.batch_size
+        return count
+
+    def __len__(self) -> int:
+        return self.samples_per_rank - self.offset
+
+    def indices(self) -> torch.Tensor:
+        """(len(self),) int64: the remaining indices of this rank in this epoch."""
+        perm = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)
+        mine = perm[: self.num_samples - self.num_samples % self.world_size][self.rank :: self.world_size]
+        return mine[self.offset : self.samples_per_rank]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        """The remaining indices in batches of `batch_size` (last one partial unless `drop_last`)."""
+        if not self.batch_size:
+            raise ValueError("EpochSampler.batches() needs batch_size")
+        yield from torch.split(self.indices(), self.batch_size)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"sampler state has seed {state['seed']}, this sampler seed {self.seed}")
+        self.set_position(state["epoch"], state["offset"])
+
+
+class EpochBatchSampler:
+    """`batch_sampler` for torch's DataLoader: lists of indices from an `EpochSampler` (order kept with workers)."""
+
+    def __init__(self, sampler: EpochSampler):
+        if not sampler.batch_size:
+            raise ValueError("EpochBatchSampler needs an EpochSampler with batch_size")
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.sampler.batches():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        size = self.sampler.batch_size
+        return -(-len(self.sampler) // size)
