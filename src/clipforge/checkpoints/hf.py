@@ -23,7 +23,7 @@ from clipforge.fileio import atomic_write_json
 from clipforge.models import CLIP, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 
 ARGMAX_POOLING_EOS_ID = 2
-_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+_ACTIVATIONS = ("quick_gelu", "gelu")
 
 # (clipforge, HF) names outside the transformer blocks; "~T" marks a transposed projection.
 _TOP_NAMES = (
@@ -80,10 +80,11 @@ def hf_to_clipforge(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     top = {theirs: ours for ours, theirs in _TOP_NAMES}
     for key, value in state_dict.items():
-        for flag in ("", "~T"):
-            if key + flag in top:
-                out[top[key + flag]] = value.T.contiguous() if flag else value
-        if key + "~T" in top or key in top:
+        if key in top:
+            out[top[key]] = value
+            continue
+        if key + "~T" in top:
+            out[top[key + "~T"]] = value.T.contiguous()
             continue
         ours, theirs = next(((o, t) for o, t in _TOWERS if key.startswith(t)), (None, None))
         if ours is None:
@@ -146,7 +147,9 @@ def hf_config_dict(config: CLIPConfig) -> dict:
 def config_from_hf(data: dict, source: str | os.PathLike) -> CLIPConfig:
     try:
         t, v = data["text_config"], data["vision_config"]
-        activation = _ACTIVATIONS[t.get("hidden_act", "quick_gelu")]
+        activation = t.get("hidden_act", "quick_gelu")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"{source}: text_config.hidden_act {activation!r} is not one of {_ACTIVATIONS}")
         vision = VisionConfig(
             kind="vit",
             image_size=v["image_size"],
@@ -175,8 +178,11 @@ def config_from_hf(data: dict, source: str | os.PathLike) -> CLIPConfig:
         preprocess=PreprocessConfig(image_size=vision.image_size),
     )
     preset = match_preset(config)
-    same = preset and preset.activation == activation and preset.vision.num_heads == vision.num_heads
-    return preset if same and preset.text.heads == text.heads else config
+    same_heads = preset is not None and (preset.vision.num_heads, preset.text.heads) == (
+        vision.num_heads,
+        text.heads,
+    )
+    return preset if same_heads and preset.activation == activation else config
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
