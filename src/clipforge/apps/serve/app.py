@@ -114,7 +114,8 @@ class ModelRunner:
         return list(encode_texts(self.model, texts, batch_size=len(texts)))
 
     async def image_features(self, image: Image.Image) -> torch.Tensor:  # (E,)
-        return await self.images.submit(self.preprocess(image))
+        pixels = await asyncio.to_thread(self.preprocess, image)  # resize off the event loop
+        return await self.images.submit(pixels)
 
     async def text_features(self, texts: list[str]) -> torch.Tensor:  # (N, E)
         return torch.stack(await asyncio.gather(*(self.texts.submit(t) for t in texts)))
@@ -165,7 +166,7 @@ async def read_upload(upload: UploadFile, limits: ServeLimits) -> Image.Image:
         raise HTTPException(413, f"upload larger than {limits.max_upload_bytes} bytes")
     if not data:
         raise HTTPException(400, "upload is empty")
-    return read_image(data, limits)
+    return await asyncio.to_thread(read_image, data, limits)  # decoding must not block the event loop
 
 
 def split_labels(raw: str, limits: ServeLimits) -> tuple[str, ...]:
