@@ -101,6 +101,10 @@ def test_texts_from_jsonl_and_images_from_webdataset(model, shared_data, tmp_pat
         expected = model.encode_image(load_images(shared_data, rows, pre), normalize=True).numpy()
     np.testing.assert_allclose(vectors, expected, atol=2e-3)
     assert [m["cls"] for m in meta] == [r["label"] for r in rows]
+    from clipforge.apps.index import build_index_dir
+
+    report = build_index_dir(tmp_path / "we", tmp_path / "wi", progress=False)
+    assert report["thumbnails"] == 6 and (tmp_path / "wi" / "thumbs" / "00000005.jpg").is_file()
 
 
 def test_index_and_search_cli_find_the_right_images(model, shared_data, tmp_path):

@@ -96,24 +96,38 @@ def write_thumbnails(out_dir: Path, metadata: list[dict], info: dict, progress: 
     from clipforge.apps.inputs import ImageError, open_image
 
     root, column = info.get("image_root"), info.get("image_column")
-    if not root or not column:
+    if root and column:
+        sources = ((i, Path(root) / str(row[column])) for i, row in enumerate(metadata) if column in row)
+    elif info.get("kind") == "image" and metadata and "key" in metadata[0] and "shard" in metadata[0]:
+        sources = webdataset_images(info["source"], metadata)
+    else:
         return 0
     thumbs = out_dir / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
     made = 0
-    for row_id, row in enumerate(tqdm(metadata, desc="thumbnails", disable=not progress)):
+    for row_id, source in tqdm(sources, total=len(metadata), desc="thumbnails", disable=not progress):
         target = thumbs / f"{row_id:08d}.jpg"
-        if target.exists() or column not in row:
-            made += target.exists()
-            continue
-        try:
-            image = open_image(Path(root) / str(row[column]))
-        except (ImageError, OSError):
-            continue
-        image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-        image.save(target, "JPEG", quality=85)
+        if not target.exists():
+            try:
+                image = open_image(source)
+            except (ImageError, OSError):
+                continue
+            image.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            image.save(target, "JPEG", quality=85)
         made += 1
     return made
+
+
+def webdataset_images(source: str, metadata: list[dict]):
+    """(row id, image bytes) for rows embedded from WebDataset shards, read again from the tars."""
+    from clipforge.apps.embed import plan_source
+
+    row_of = {(row["shard"], row["key"]): i for i, row in enumerate(metadata)}
+    for plan in plan_source(source, "image", None, 1):
+        for meta, payload in plan.items():
+            row_id = row_of.get((meta["shard"], meta["key"]))
+            if row_id is not None:
+                yield row_id, payload
 
 
 def build_index_dir(
