@@ -80,3 +80,40 @@ def test_zeroshot_eval_tensors(shared_data, tmp_path):
     evalset = load_zeroshot_eval(shared_data / "cifar10", "test", image_size=32, cache_dir=tmp_path)
     assert evalset.images.shape == (1000, 3, 32, 32) and evalset.labels.bincount().tolist() == [100] * 10
     assert abs(float(evalset.images.mean())) < 1.0 and evalset.classes[3] == "cat"
+
+
+def test_record_loader_same_batches_for_any_worker_count_and_counts_skips(shared_data, tmp_path):
+    import shutil
+
+    from clipforge.data import Record
+    from clipforge.data.mapstyle import RecordDataset, RecordLoader
+
+    rows = (shared_data / "cifar10" / "test.csv").read_text().splitlines()[1:41]
+    records = []
+    for i, row in enumerate(rows):
+        path, label, name = row.split(",")
+        target = tmp_path / f"{i}.jpg"
+        shutil.copy(shared_data / "cifar10" / path, target)
+        records.append(Record(target, f"a photo of a {name}" if i != 6 else "", int(label), key=str(i)))
+    (tmp_path / "2.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "9.jpg").unlink()
+
+    def tok(texts):
+        return torch.tensor([[len(t)] for t in texts])
+
+    def run(workers, offset=0):
+        sampler = EpochSampler(40, seed=1, batch_size=8)
+        loader = RecordLoader(
+            RecordDataset(records, image_size=32), sampler, AugmentConfig(image_size=32), tokenizer=tok,
+            num_workers=workers,
+        )  # fmt: skip
+        loader.set_position(1, offset)
+        return list(loader), loader.skips
+
+    serial, skips = run(0)
+    parallel, _ = run(2)
+    assert skips.as_dict() == {"corrupt_image": 1, "empty_caption": 1, "missing_file": 1}
+    assert sum(len(b["index"]) for b in serial) == 37
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(serial, parallel, strict=True) for k in a)
+    resumed, _ = run(2, offset=16)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(serial[2:], resumed, strict=True) for k in a)

@@ -20,10 +20,12 @@ from clipforge.data.evalsets import (
 from clipforge.data.folders import read_caption_folder, read_image_folder
 from clipforge.data.labelled import LabelledArrays, read_classes
 from clipforge.data.loader import ArrayLoader
+from clipforge.data.mapstyle import RecordDataset, RecordLoader
 from clipforge.data.public import detect_layout, open_labelled_dataset
 from clipforge.data.records import Record, decode_caption, decode_image
 from clipforge.data.sampler import EpochBatchSampler, EpochSampler, epoch_permutation
 from clipforge.data.tarshards import expand_shards, iter_shard
+from clipforge.data.webdataset import ShardLoader, ShardStream, StreamConfig
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -37,6 +39,11 @@ __all__ = [
     "LabelledTensors",
     "PromptCaptioner",
     "Record",
+    "RecordDataset",
+    "RecordLoader",
+    "ShardLoader",
+    "ShardStream",
+    "StreamConfig",
     "RetrievalSet",
     "SafeUnpickler",
     "SkipCounter",

@@ -90,14 +90,16 @@ class EpochSampler:
 class EpochBatchSampler:
     """`batch_sampler` for torch's DataLoader: lists of indices from an `EpochSampler` (order kept with workers)."""
 
-    def __init__(self, sampler: EpochSampler):
+    def __init__(self, sampler: EpochSampler, with_epoch: bool = False):
         if not sampler.batch_size:
             raise ValueError("EpochBatchSampler needs an EpochSampler with batch_size")
-        self.sampler = sampler
+        self.sampler, self.with_epoch = sampler, with_epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
+        """Lists of indices, or of (epoch, index) pairs with `with_epoch` (keyed augmentation in workers)."""
+        epoch = self.sampler.epoch
         for batch in self.sampler.batches():
-            yield batch.tolist()
+            yield [(epoch, i) for i in batch.tolist()] if self.with_epoch else batch.tolist()
 
     def __len__(self) -> int:
         size = self.sampler.batch_size

@@ -1,0 +1,155 @@
+"""WebDataset shards: rank x worker split, resume by position, skip counting, cache keyed by shard hashes."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipforge.data import PromptCaptioner, cached_shards, expand_shards, iter_shard
+from clipforge.data.tarshards import split_key
+from clipforge.data.webdataset import SHARD_STRIDE, ShardLoader, ShardStream, StreamConfig
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _tokenizer(texts):  # a stand-in keeps these tests independent of BPE speed
+    return torch.tensor([[len(t), sum(map(ord, t)) % 1000] for t in texts])
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(
+    folder: Path, rows, num_shards: int, per_shard: int, gz: bool = True, damage: dict | None = None
+):
+    """Shards of real CIFAR JPEGs with .cls/.txt/.json members; `damage` maps global sample number -> bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    damage = damage or {}
+    for s in range(num_shards):
+        name = folder / f"train-{s:04d}.tar{'.gz' if gz else ''}"
+        with tarfile.open(name, "w:gz" if gz else "w") as tar:
+            for j in range(per_shard):
+                n = s * per_shard + j
+                path, label = rows[n * 7 % len(rows)]
+                key = f"{n:06d}"
+                _add(tar, f"{key}.jpg", damage.get(n, Path(path).read_bytes()))
+                _add(tar, f"{key}.cls", str(label).encode())
+                _add(tar, f"{key}.txt", f"a photo of a {CLASSES[label]}".encode())
+                _add(tar, f"{key}.json", json.dumps({"label": label, "class_name": CLASSES[label]}).encode())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rows(shared_data):
+    lines = (shared_data / "cifar10" / "test.csv").read_text().splitlines()[1:]
+    return [(shared_data / "cifar10" / p, int(label)) for p, label, _ in (line.split(",") for line in lines)]
+
+
+def _indices(batches) -> list[int]:
+    return torch.cat([b["index"] for b in batches]).tolist() if batches else []
+
+
+def _stream(folder, rank=0, world=1, batch_size=4, captioner=None, **kw):
+    config = StreamConfig(batch_size=batch_size, image_size=32, seed=0, **kw)
+    return ShardStream(folder, config, captioner=captioner, tokenizer=_tokenizer, rank=rank, world_size=world)
+
+
+@pytest.mark.parametrize("num_shards", [5, 3])  # 5 >= 4 consumers: split by shard; 3: split by sample
+def test_two_ranks_two_workers_cover_each_sample_once(tmp_path, rows, num_shards):
+    folder = write_shards(tmp_path / "s", rows, num_shards, per_shard=10)
+    everything = []
+    for rank in range(2):
+        loader = ShardLoader(_stream(folder, rank=rank, world=2), num_workers=2)
+        everything += _indices(list(loader))
+    expected = [s * SHARD_STRIDE + o for s in range(num_shards) for o in range(10)]
+    assert sorted(everything) == expected  # each sample exactly once over 2 ranks x 2 workers
+
+
+def test_resume_from_positions_yields_exactly_the_rest(tmp_path, rows):
+    folder = write_shards(tmp_path / "s", rows, 4, per_shard=9)
+    first = ShardLoader(_stream(folder), num_workers=2)
+    first.set_epoch(2)
+    consumed = []
+    for step, batch in enumerate(first):
+        consumed.append(batch)
+        if step == 3:
+            break
+    state = json.loads(json.dumps(first.state_dict()))  # survives a JSON checkpoint
+    second = ShardLoader(_stream(folder), num_workers=2)
+    second.load_state_dict(state)
+    rest = list(second)
+    done, remaining = _indices(consumed), _indices(rest)
+    assert len(done) == 16 and not set(done) & set(remaining)
+    assert sorted(done + remaining) == sorted(s * SHARD_STRIDE + o for s in range(4) for o in range(9))
+    # a resumed batch is identical to the same samples' batch in an uninterrupted epoch (keyed randomness)
+    full = ShardLoader(_stream(folder), num_workers=2)
+    full.set_epoch(2)
+    by_first = {tuple(b["index"].tolist()): b for b in full}
+    twins = [
+        (b, by_first[tuple(b["index"].tolist())]) for b in rest if tuple(b["index"].tolist()) in by_first
+    ]
+    assert len(twins) >= len(rest) - 2  # batch boundaries match except where a consumer's share ends
+    for batch, twin in twins:
+        assert torch.equal(batch["images"], twin["images"]) and torch.equal(batch["text"], twin["text"])
+    with pytest.raises(ValueError, match="same topology"):
+        ShardLoader(_stream(folder), num_workers=1).load_state_dict(state)
+
+
+def test_corrupt_samples_in_shards_are_skipped_and_counted(tmp_path, rows):
+    good = (rows[0][0]).read_bytes()
+    damage = {3: good[: len(good) // 3], 11: b"garbage", 12: b""}
+    folder = write_shards(tmp_path / "s", rows, 2, per_shard=8, gz=False, damage=damage)
+    captioner = PromptCaptioner(CLASSES, tokenizer=_tokenizer)
+    loader = ShardLoader(_stream(folder, captioner=captioner, batch_size=5), num_workers=2)
+    batches = list(loader)
+    assert len(_indices(batches)) == 13
+    assert loader.skips.as_dict() == {"corrupt_image": 3}
+    assert all(b["images"].shape[1:] == (3, 32, 32) for b in batches)
+    decoded = cached_shards(folder, tmp_path / "cache", num_workers=1, progress=False)
+    assert len(decoded) == 13 and decoded.skips.as_dict() == {"corrupt_image": 3}
+
+
+def test_cache_is_keyed_by_shard_content(tmp_path, rows):
+    folder = write_shards(tmp_path / "s", rows, 2, per_shard=6)
+    first = cached_shards(folder, tmp_path / "cache", num_workers=2, progress=False)
+    again = cached_shards(f"{folder}/train-{{0000..0001}}.tar.gz", tmp_path / "cache", progress=False)
+    assert first.path == again.path and np.array_equal(first.images, again.images)
+    assert first.class_names[rows[0][1]] == CLASSES[rows[0][1]]
+    assert first.labels.tolist() == [rows[n * 7 % len(rows)][1] for n in range(12)]
+    write_shards(tmp_path / "s", rows[1:], 1, per_shard=6)  # rewrite shard 0 with other images
+    changed = cached_shards(folder, tmp_path / "cache", progress=False)
+    assert changed.path != first.path and not np.array_equal(changed.images, first.images)
+
+
+def test_iter_shard_offsets_and_keys(tmp_path, rows):
+    folder = write_shards(tmp_path / "s", rows, 1, per_shard=5)
+    shard = expand_shards(folder)[0]
+    whole = list(iter_shard(shard))
+    assert [o for o, _ in whole] == [0, 1, 2, 3, 4] and set(whole[0][1]) == {
+        "__key__",
+        "jpg",
+        "cls",
+        "txt",
+        "json",
+    }
+    tail = list(iter_shard(shard, start=3))
+    assert [o for o, _ in tail] == [3, 4] and tail[0][1]["jpg"] == whole[3][1]["jpg"]
+    assert split_key("a/b/000001.seg.jpg") == ("a/b/000001", "seg.jpg")
+
+
+@pytest.mark.slow
+def test_full_cifar10_wds_decodes_to_50000(shared_data, tmp_path):
+    decoded = cached_shards(shared_data / "cifar10-wds", tmp_path, num_workers=2, progress=False)
+    assert decoded.images.shape == (50000, 32, 32, 3) and decoded.skips.total == 0
+    assert np.bincount(decoded.labels).tolist() == [5000] * 10
+    assert [decoded.class_names[i] for i in range(10)] == CLASSES
+    assert cached_shards(shared_data / "cifar10-wds", tmp_path, progress=False).path == decoded.path
