@@ -1,0 +1,154 @@
+"""Exact resume: SIGKILL mid-epoch then resume gives bit-identical parameters; any worker count sees each
+sample once per epoch; checkpoints keep the last K plus best and hold the effective config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipforge.overrides import load_config
+from clipforge.train import TrainConfig, fit
+from clipforge.train.state import load_state
+
+# 112 samples / batch 16 = 7 steps per epoch, 3 epochs; checkpoints every 5 steps all fall mid-epoch.
+RUN = [
+    "model.context_length=12",
+    "data.num_samples=112",
+    "data.batch_size=16",
+    "epochs=3",
+    "optim.warmup_steps=3",
+    "optim.lr=1e-3",
+    "checkpoint.every_steps=5",
+    "checkpoint.keep_last=10",
+    "log.every_steps=3",
+    "log.progress=false",
+    "log.plot=false",
+    "deterministic=true",
+    "device=cpu",
+]
+
+
+def _train_cli(output_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "clipforge.cli", "train", *RUN, f"output_dir={output_dir}", *extra]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    reference = fit(load_config(TrainConfig, None, [*RUN, f"output_dir={tmp_path / 'ref'}"]))
+    assert reference["steps"] == 21
+    expected = load_state(reference["checkpoint"])["model"]
+
+    run_dir = tmp_path / "killed"
+    process = _train_cli(run_dir)
+    first = run_dir / "checkpoints" / "step_00000005.pt"
+    deadline = time.monotonic() + 240
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stdout.read()
+    saved = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    assert saved and saved[-1].name != "step_00000021.pt"  # killed before the end
+    state = load_state(saved[-1])
+    assert state["epoch_offset"] > 0  # mid-epoch
+    assert state["config"]["data"]["batch_size"] == 16 and state["config"]["optim"]["lr"] == 1e-3
+
+    # Resume with a different number of loader workers: same samples, same order, same bits.
+    resumed = _train_cli(run_dir, "checkpoint.resume=auto", "data.num_workers=2")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert f"resumed from {saved[-1]}" in output
+    final = load_state(run_dir / "checkpoints" / "step_00000021.pt")["model"]
+    assert final.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(final[name], tensor), name
+
+
+class _Abort(Exception):
+    pass
+
+
+def test_resume_with_other_worker_count_sees_each_sample_once(tmp_path):
+    overrides = [
+        "model.context_length=12",
+        "data.num_samples=96",
+        "data.batch_size=8",
+        "epochs=1",
+        "checkpoint.every_steps=4",
+        "log.progress=false",
+        "log.plot=false",
+        f"output_dir={tmp_path}",
+    ]
+    by_step: dict[int, list[int]] = {}
+
+    def record(event, info):
+        if event == "step":
+            by_step[info["step"]] = info["batch"]["index"].tolist()
+            if info["step"] == 6 and abort:
+                raise _Abort
+
+    abort = True
+    with pytest.raises(_Abort):
+        fit(load_config(TrainConfig, None, [*overrides, "data.num_workers=0"]), callbacks=(record,))
+    abort = False
+    results = fit(
+        load_config(TrainConfig, None, [*overrides, "data.num_workers=2", "checkpoint.resume=auto"]),
+        callbacks=(record,),
+    )
+    assert results["steps"] == 12 and sorted(by_step) == list(range(1, 13))
+    seen = [i for step in sorted(by_step) for i in by_step[step]]
+    assert sorted(seen) == list(range(96))  # every sample exactly once in the epoch
+
+    by_step_fresh: dict[int, list[int]] = {}
+    fit(
+        load_config(
+            TrainConfig, None, [*overrides, f"output_dir={tmp_path / 'fresh'}", "data.num_workers=1"]
+        ),
+        callbacks=(
+            lambda e, i: (
+                by_step_fresh.__setitem__(i["step"], i["batch"]["index"].tolist()) if e == "step" else None
+            ),
+        ),
+    )
+    assert by_step_fresh == by_step  # and in the uninterrupted order
+
+
+def test_keeps_last_k_plus_best(tmp_path):
+    from clipforge.train.metrics import ZeroShotEval
+
+    class ScriptedEval(ZeroShotEval):
+        scores = iter([0.3, 0.5, 0.4, 0.2])
+
+        def __init__(self):
+            pass
+
+        def __call__(self, model):
+            return {"zeroshot_top1": next(self.scores)}
+
+    overrides = [
+        "model.context_length=12",
+        "data.num_samples=64",
+        "data.batch_size=8",
+        "epochs=1",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=2",
+        "eval.zeroshot_every_steps=2",
+        "log.progress=false",
+        "log.plot=false",
+        f"output_dir={tmp_path}",
+    ]
+    results = fit(load_config(TrainConfig, None, overrides), zeroshot=ScriptedEval())
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.pt", "step_00000006.pt", "step_00000008.pt"]
+    best = load_state(tmp_path / "checkpoints" / "best.pt")
+    assert best["step"] == 4 and best["best"] == 0.5 and results["best"] == 0.5
+    assert [e["zeroshot_top1"] for e in results["evals"]] == [0.3, 0.5, 0.4, 0.2]
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
