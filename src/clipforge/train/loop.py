@@ -7,6 +7,7 @@ import dataclasses
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,12 @@ class _Run:
         self.schedule.load_state_dict(state["schedule"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if state["world_size"] != self.info.world_size and self.info.is_main:
+            warnings.warn(
+                f"{path}: saved with world size {state['world_size']}, resuming with {self.info.world_size}; "
+                "the rest of this epoch is split differently (some samples may repeat or be skipped)",
+                stacklevel=2,
+            )
         rng = state["rng"]
         restore_rng(rng[self.info.rank] if len(rng) == self.info.world_size else rng[0])
         self.step, self.epoch, self.offset, self.best = (
