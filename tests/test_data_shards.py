@@ -153,3 +153,21 @@ def test_full_cifar10_wds_decodes_to_50000(shared_data, tmp_path):
     assert np.bincount(decoded.labels).tolist() == [5000] * 10
     assert [decoded.class_names[i] for i in range(10)] == CLASSES
     assert cached_shards(shared_data / "cifar10-wds", tmp_path, progress=False).path == decoded.path
+
+
+def test_fast_tar_reader_matches_tarfile(tmp_path, rows):
+    """USTAR prefix, pax and GNU long names, directories: same members and bytes as Python's tarfile."""
+    long_name = "d/" + "x" * 150 + "/000001.jpg"
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):
+        path = tmp_path / f"f{fmt}.tar"
+        with tarfile.open(path, "w", format=fmt) as tar:
+            info = tarfile.TarInfo("d")
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+            _add(tar, "d/000000.jpg", rows[0][0].read_bytes())
+            _add(tar, long_name if fmt != tarfile.USTAR_FORMAT else "d/" + "y" * 120 + "/1.txt", b"caption")
+        from clipforge.data.tarshards import iter_members
+
+        with tarfile.open(path) as tar:
+            expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+        assert list(iter_members(path)) == expected
