@@ -6,8 +6,11 @@ work: classify (image upload + 10 labels), embed an image, search by text, searc
 thumbnail; 2% are deliberately bad requests (not an image, one label, oversized upload, path traversal)
 that must get a 4xx. Every other request must succeed.
 
-    .venv/bin/python -m benchmarks.serve_load                     # ViT-B-32 (random weights), 1000 x 16
-    .venv/bin/python -m benchmarks.serve_load --model tiny-vit --requests 200 --out /tmp/x  # quick
+    .venv/bin/python -m benchmarks.serve_load                     # tiny-vit (seeded weights), 1000 x 16
+    .venv/bin/python -m benchmarks.serve_load --model ViT-B-32    # model-bound (slow on a small CPU)
+
+The default tiny model makes the model call cheap, so the figures measure the serving stack itself
+(HTTP, multipart parsing, decoding, queueing, micro-batching, faiss); a big model adds its compute.
 
 Writes benchmarks/results/serve_load.json and .md.
 """
@@ -235,7 +238,7 @@ def summarise(records, wall: float, health: dict, memory: dict, args) -> tuple[d
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="ViT-B-32", help="preset (seeded random weights) or a checkpoint file")
+    p.add_argument("--model", default="tiny-vit", help="preset (seeded random weights) or a checkpoint file")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--server-threads", type=int, default=2)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -245,17 +245,32 @@ def create_app(
         except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11
             return JSONResponse({"detail": f"request took longer than {limits.request_timeout_s}s"}, 504)
 
-    @app.get("/health")
+    app.include_router(model_router(runner, limits, model_name, index))
+    app.include_router(search_router(runner, limits, index))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def model_router(runner: ModelRunner, limits: ServeLimits, model_name: str, index) -> APIRouter:
+    """/health, /classify, /embed."""
+    router = APIRouter()
+
+    @router.get("/health")
     async def health() -> dict:
         return {
             "status": "ok",
             "model": model_name,
-            "embed_dim": model.config.embed_dim,
+            "embed_dim": runner.model.config.embed_dim,
             "index_size": len(index) if index is not None else 0,
             "batching": {"image": runner.images.stats.to_dict(), "text": runner.texts.stats.to_dict()},
         }
 
-    @app.post("/classify")
+    @router.post("/classify")
     async def classify(
         image: Annotated[UploadFile, File(description="JPEG/PNG/WebP/GIF/BMP image")],
         labels: Annotated[str, Form(description="comma-separated labels, e.g. 'cat,dog,car'")],
@@ -272,7 +287,7 @@ def create_app(
         ranked = sorted(zip(label_tuple, probs, strict=True), key=lambda lp: -lp[1])
         return {"labels": [{"label": lab, "prob": p} for lab, p in ranked]}
 
-    @app.post("/embed")
+    @router.post("/embed")
     async def embed(
         image: Annotated[UploadFile | None, File()] = None, text: Annotated[str | None, Form()] = None
     ) -> dict:
@@ -288,6 +303,13 @@ def create_app(
             "embedding": vector.tolist(),
         }
 
+    return router
+
+
+def search_router(runner: ModelRunner, limits: ServeLimits, index) -> APIRouter:
+    """/search (text: GET, image or both: POST) and /thumbs/NNNNNNNN.jpg from the read-only index folder."""
+    router = APIRouter()
+
     def run_search(query: torch.Tensor, k: int) -> dict:
         if index is None:
             raise HTTPException(404, "this service has no index (start it with --index DIR)")
@@ -299,14 +321,14 @@ def create_app(
             results.append(item)
         return {"results": results}
 
-    @app.get("/search")
+    @router.get("/search")
     async def search_text(
         q: Annotated[str, Query(description="text query")], k: Annotated[int, Query(ge=1)] = 12
     ) -> dict:
         vector = (await runner.text_features([check_text(q, limits, "q")]))[0]
         return run_search(vector, min(k, limits.max_k))
 
-    @app.post("/search")
+    @router.post("/search")
     async def search_image(
         image: Annotated[UploadFile, File()],
         q: Annotated[str | None, Form()] = None,
@@ -317,7 +339,7 @@ def create_app(
             parts.append((await runner.text_features([check_text(q, limits, "q")]))[0])
         return run_search(torch.stack(parts).sum(0), min(k, limits.max_k))
 
-    @app.get("/thumbs/{name}")
+    @router.get("/thumbs/{name}")
     async def thumbnail(name: str) -> FileResponse:
         if index is None or not THUMB_NAME.match(name):
             raise HTTPException(404, "no such thumbnail")
@@ -327,9 +349,4 @@ def create_app(
             raise HTTPException(404, "no such thumbnail")
         return FileResponse(path, media_type="image/jpeg")
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
+    return router
