@@ -221,3 +221,15 @@ def test_real_coco_pairs_with_near_duplicates(shared_data, tmp_path):
         seen_images.add(source)
     assert len(seen_images) == len(samples)  # one pair per image: the rest are exact image duplicates
     assert stats["dropped"].get("duplicate_image", 0) + stats["kept"] + 4 <= len(pairs)
+
+
+def test_shards_load_in_clipforge_data(dataset):
+    from clipforge.data.webdataset import ShardStream, StreamConfig
+
+    tmp_path, _, _ = dataset
+    stats = curate(_config(tmp_path, "out"), scorer=_scorer)
+    config = StreamConfig(batch_size=4, image_size=32, shuffle_shards=False, augment=None)
+    batches = [b for b in ShardStream(tmp_path / "out", config) if "images" in b]
+    assert sum(len(b["images"]) for b in batches) == stats["kept"]
+    assert all(not b["_skips"] for b in batches)
+    assert batches[0]["images"].shape[1:] == (3, 32, 32) and batches[0]["text"].shape[0] == 4
