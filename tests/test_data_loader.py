@@ -33,7 +33,9 @@ def _loader(data, batch_size=64, rank=0, world=1, prefetch=2, kind="crop_flip"):
 
 def test_batch_contract(cifar_test):
     loader = _loader(cifar_test)
+    assert len(loader) == 16  # ceil(1000 / 64)
     batch = next(iter(loader))
+    assert len(loader) == 15  # remaining batches of the epoch
     assert set(batch) == {"images", "text", "labels", "index"}
     assert batch["images"].shape == (64, 3, 32, 32) and batch["images"].dtype == torch.float32
     assert batch["text"].shape == (64, 16) and batch["text"].dtype == torch.int64
@@ -44,7 +46,6 @@ def test_batch_contract(cifar_test):
     caption = loader.captioner.caption(label, i, epoch=0)
     assert cifar_test.classes[label] in caption
     assert torch.equal(batch["text"][0], tokenize([caption], context_length=16, truncate=True)[0])
-    assert len(loader) == 16  # ceil(1000 / 64)
 
 
 def test_resume_mid_epoch_is_exact(cifar_test):
@@ -117,3 +118,25 @@ def test_record_loader_same_batches_for_any_worker_count_and_counts_skips(shared
     assert all(torch.equal(a[k], b[k]) for a, b in zip(serial, parallel, strict=True) for k in a)
     resumed, _ = run(2, offset=16)
     assert all(torch.equal(a[k], b[k]) for a, b in zip(serial[2:], resumed, strict=True) for k in a)
+
+
+def test_labelled_loader_state_dict_resume(cifar_test):
+    from clipforge.data import LabelledLoaderConfig, labelled_loader
+
+    config = LabelledLoaderConfig(batch_size=100, seed=5, context_length=12)
+    reference = labelled_loader(cifar_test, config)
+    reference.set_epoch(1)
+    expected = list(reference)
+    assert len(expected) == 10 and reference.state_dict() == {"epoch": 1, "offset": 0, "seed": 5}
+    first = labelled_loader(cifar_test, config)
+    first.set_epoch(1)
+    for step, _ in enumerate(first):
+        if step == 2:
+            break
+    state = first.state_dict()
+    assert state == {"epoch": 1, "offset": 300, "seed": 5}
+    second = labelled_loader(cifar_test, config)
+    second.load_state_dict(state)
+    rest = list(second)
+    assert len(rest) == 7
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(expected[3:], rest, strict=True) for k in a)

@@ -19,7 +19,7 @@ from clipforge.data.evalsets import (
 )
 from clipforge.data.folders import read_caption_folder, read_image_folder
 from clipforge.data.labelled import LabelledArrays, read_classes
-from clipforge.data.loader import ArrayLoader
+from clipforge.data.loader import ArrayLoader, LabelledLoaderConfig, labelled_loader
 from clipforge.data.mapstyle import RecordDataset, RecordLoader
 from clipforge.data.public import detect_layout, open_labelled_dataset
 from clipforge.data.records import Record, decode_caption, decode_image
@@ -36,6 +36,7 @@ __all__ = [
     "EpochBatchSampler",
     "EpochSampler",
     "LabelledArrays",
+    "LabelledLoaderConfig",
     "LabelledTensors",
     "PromptCaptioner",
     "Record",
@@ -62,6 +63,7 @@ __all__ = [
     "expand_shards",
     "iter_shard",
     "keyed_uniform",
+    "labelled_loader",
     "load_cifar_python",
     "load_retrieval_set",
     "load_zeroshot_eval",

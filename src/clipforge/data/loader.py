@@ -9,11 +9,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch
-from clipforge.data.captions import PromptCaptioner
+from clipforge.data.captions import DEFAULT_TEMPLATES, PromptCaptioner, Tokenizer
 from clipforge.data.labelled import LabelledArrays
 from clipforge.data.sampler import EpochSampler
 
@@ -50,6 +51,14 @@ class ArrayLoader:
     def set_position(self, epoch: int, offset: int) -> None:
         self.sampler.set_position(epoch, offset)
 
+    def state_dict(self) -> dict:
+        """{"epoch", "offset", "seed"}: `offset` counts samples of this rank handed out so far in the epoch
+        (the batch just yielded included), so `load_state_dict` continues with the next batch."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
     def __len__(self) -> int:
         size = self.sampler.batch_size
         return -(-len(self.sampler) // size)
@@ -71,10 +80,45 @@ class ArrayLoader:
             yield self.make_batch(index, epoch)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        if self.prefetch <= 0:
-            yield from self._batches()
-            return
-        yield from _threaded(self._batches(), self.prefetch)
+        """One epoch from the current position; the sampler's offset advances as batches are handed out and
+        resets to 0 (same epoch) at the end, so call `set_epoch` before each epoch."""
+        batches = self._batches() if self.prefetch <= 0 else _threaded(self._batches(), self.prefetch)
+        epoch, offset = self.sampler.epoch, self.sampler.offset
+        for batch in batches:
+            offset += len(batch["index"])
+            self.sampler.offset = offset  # not set_position: the running generator keeps its own indices
+            yield batch
+        self.sampler.offset = 0
+        self.sampler.epoch = epoch
+
+
+@dataclass(frozen=True)
+class LabelledLoaderConfig:
+    """Everything `labelled_loader` needs besides the data: batch, seed, text length, augmentation, templates."""
+
+    batch_size: int = 256
+    seed: int = 0
+    context_length: int = 77
+    augment: AugmentConfig | None = DEFAULT_AUGMENT
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    drop_last: bool = True
+    shuffle: bool = True
+    prefetch: int = 2
+
+
+def labelled_loader(
+    data: LabelledArrays,
+    config: LabelledLoaderConfig = LabelledLoaderConfig(),
+    rank: int = 0,
+    world_size: int = 1,
+    tokenizer: Tokenizer | None = None,
+) -> ArrayLoader:
+    """The demo's train loader: template captions, seeded sampler split across ranks, batched augmentation."""
+    captioner = PromptCaptioner(data.classes, config.templates, config.seed, config.context_length, tokenizer)
+    sampler = EpochSampler(
+        len(data), config.seed, config.shuffle, rank, world_size, config.batch_size, config.drop_last
+    )
+    return ArrayLoader(data, captioner, sampler, config.augment, prefetch=config.prefetch)
 
 
 _DONE = object()
