@@ -78,11 +78,8 @@ def pad_crop(images: Tensor, offsets_y: Tensor, offsets_x: Tensor, padding: int,
     """Pad a (B, 3, H, W) batch by `padding` and cut each sample's (H, W) window at its offset."""
     batch, _, height, width = images.shape
     padded = F.pad(images, (padding,) * 4, mode=mode)  # (B, 3, H+2p, W+2p)
-    rows = (offsets_y[:, None] + torch.arange(height))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (offsets_x[:, None] + torch.arange(width))[:, None, None, :]  # (B, 1, 1, W)
-    b = torch.arange(batch)[:, None, None, None]
-    c = torch.arange(3)[None, :, None, None]
-    return padded[b, c, rows, cols]  # (B, 3, H, W)
+    windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (B, 3, 2p+1, 2p+1, H, W), a view
+    return windows[torch.arange(batch), :, offsets_y, offsets_x]  # (B, 3, H, W)
 
 
 def _resized_crop_grid(config: AugmentConfig, seed: int, epoch: int, index, flips: np.ndarray) -> Tensor:
