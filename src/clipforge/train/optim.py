@@ -35,7 +35,10 @@ def build_optimizer(
     if not groups:
         raise ValueError("no trainable parameters: both towers locked?")
     fused = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    # fused kernels on GPU; on CPU the multi-tensor path is ~1.5x faster than the per-parameter loop
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True
+    )
 
 
 def lock_towers(model: nn.Module, lock_image: bool, lock_text: bool) -> None:
