@@ -46,7 +46,7 @@ def draft_reduces(path: Path, size: int) -> bool:
 def compare(paths: list[Path], preprocess: Preprocess, size: int) -> dict:
     """Per-image max/mean |full - draft| of the preprocessed tensors, and the decoded sizes."""
     std_255 = torch.tensor(preprocess.config.std).view(3, 1, 1) * 255  # normalised unit -> 8-bit steps
-    max_diffs, mean_diffs, max_steps, mean_steps, reduced = [], [], [], [], 0
+    max_diffs, mean_diffs, max_steps, mean_steps, p99_steps, reduced = [], [], [], [], [], 0
     for path in tqdm(paths, desc="compare full vs draft", leave=False):
         full_image, draft_image = load_image(path, size, draft=False), load_image(path, size, draft=True)
         reduced += draft_image.size != full_image.size
@@ -56,6 +56,7 @@ def compare(paths: list[Path], preprocess: Preprocess, size: int) -> dict:
         mean_diffs.append(diff.mean().item())
         max_steps.append(steps.max().item())
         mean_steps.append(steps.mean().item())
+        p99_steps.append(steps.flatten().quantile(0.99).item())
     return {
         "images": len(paths),
         "images_decoded_smaller": reduced,
@@ -64,6 +65,7 @@ def compare(paths: list[Path], preprocess: Preprocess, size: int) -> dict:
         "median_per_image_max_abs_diff": round(float(np.median(max_diffs)), 4),
         "max_abs_diff_8bit_steps": round(max(max_steps), 2),
         "mean_abs_diff_8bit_steps": round(float(np.mean(mean_steps)), 3),
+        "median_per_image_p99_8bit_steps": round(float(np.median(p99_steps)), 2),
     }
 
 

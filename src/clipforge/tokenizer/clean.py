@@ -35,8 +35,3 @@ def clean_text(text: str) -> str:
 def is_plain(text: str) -> bool:
     """True when `clean_text(text)` splits into the same words as `text.lower()` (see module docstring)."""
     return text.isascii() and text.isprintable() and "&" not in text
-
-
-def split_words(text: str) -> list[str]:
-    """Clean `text` (cheaply when it is plain) and split it into the words BPE works on."""
-    return WORD_PATTERN.findall(text.lower() if is_plain(text) else clean_text(text))
