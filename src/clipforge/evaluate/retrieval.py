@@ -93,3 +93,35 @@ def recall_at_k(
         out[f"image_retrieval_recall@{k}"] = float((text_rank < k).float().mean())
         out[f"text_retrieval_recall@{k}"] = float((image_rank < k).float().mean())
     return out
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model,
+    captions: CaptionSet,
+    transform,
+    *,
+    tokenizer=None,
+    batch_size: int = 256,
+    device=None,
+    ks: tuple[int, ...] = (1, 5, 10),
+    progress: bool = True,
+) -> dict[str, float]:
+    """Encode the caption set's images and captions with `model`, then `recall_at_k`."""
+    from clipforge.evaluate.datasets import EvalDataset
+    from clipforge.evaluate.features import extract_features
+    from clipforge.zeroshot.classifier import default_tokenizer, encode_texts_bucketed
+
+    images = EvalDataset([(p, 0) for p in captions.image_paths], ["image"], transform, name="captions")
+    image_features, _ = extract_features(
+        model, images, "embedding", batch_size=batch_size, device=device, progress=progress
+    )
+    tokens = (tokenizer or default_tokenizer(model))(captions.captions)
+    was_training = model.training
+    model.eval()
+    try:
+        text_features = encode_texts_bucketed(model, tokens, batch_size, device, progress).cpu()
+    finally:
+        model.train(was_training)
+    metrics = recall_at_k(image_features, text_features, captions.caption_image, ks)
+    return {**metrics, "num_images": len(captions.image_paths), "num_captions": len(captions.captions)}

@@ -51,7 +51,7 @@ def evaluate_zeroshot(
         model, dataset, "embedding", batch_size=batch_size, num_workers=num_workers, device=device,
         progress=progress,
     )  # fmt: skip
-    logits = zeroshot_logits_for(features, classifier, float(model.logit_scale.exp()), class_groups)
+    logits = zeroshot_logits_for(features, classifier, float(model.logit_scale.detach().exp()), class_groups)
     return {
         **classification_metrics(logits, labels),
         "num_samples": len(labels),

@@ -63,7 +63,7 @@ def classifier_cache_key(
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def _default_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
+def default_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
     from clipforge import tokenize  # lazy: the tokenizer package is optional at import time
 
     context_length = getattr(model, "context_length", 77)
@@ -124,7 +124,7 @@ def build_classifier(
         if cache_path.is_file():
             return torch.load(cache_path, map_location=device, weights_only=True)
 
-    tokenizer = tokenizer or _default_tokenizer(model)
+    tokenizer = tokenizer or default_tokenizer(model)
     texts = [format_prompt(t, c) for c in classnames for t in templates]  # class-major: (C*T,)
     tokens = tokenizer(texts)  # (C*T, L)
     was_training = model.training
