@@ -171,3 +171,33 @@ def test_fast_tar_reader_matches_tarfile(tmp_path, rows):
         with tarfile.open(path) as tar:
             expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
         assert list(iter_members(path)) == expected
+
+
+def test_open_labelled_dataset_on_shards_and_worker_seeding(tmp_path, rows):
+    import pickle
+
+    from clipforge.data import detect_layout, open_labelled_dataset
+    from clipforge.data.captions import default_tokenizer
+
+    folder = write_shards(tmp_path / "s", rows[::50], 2, per_shard=10)  # 2 images of each class
+    assert detect_layout(folder, "train")[0] == "shards"
+    data = open_labelled_dataset(folder, "train", cache_dir=tmp_path / "c", num_workers=1, progress=False)
+    assert len(data) == 20 and data.classes == CLASSES  # names from the .json members
+    assert data.labels.bincount().tolist() == [2] * 10
+    assert pickle.loads(pickle.dumps(default_tokenizer(8))).context_length == 8
+
+    class Draws(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield torch.from_numpy(np.random.rand(3))
+
+    from clipforge.data.webdataset import seed_worker
+
+    def run():
+        loader = torch.utils.data.DataLoader(
+            Draws(), batch_size=None, num_workers=2, worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(7),
+        )  # fmt: skip
+        return [t.tolist() for t in loader]
+
+    first = run()
+    assert first == run() and first[0] != first[1]  # seeded per worker, reproducible

@@ -33,15 +33,20 @@ DEFAULT_TEMPLATES = (
 Tokenizer = Callable[[Sequence[str]], Tensor]
 
 
+class ClipTokenizer:
+    """`clipforge.tokenize` truncating at `context_length`; picklable (spawned workers), imported on first use."""
+
+    def __init__(self, context_length: int = 77):
+        self.context_length = context_length
+
+    def __call__(self, texts: Sequence[str]) -> Tensor:
+        from clipforge import tokenize
+
+        return tokenize(list(texts), context_length=self.context_length, truncate=True)
+
+
 def default_tokenizer(context_length: int = 77) -> Tokenizer:
-    """`clipforge.tokenize` with truncation at `context_length` (imported on first use)."""
-
-    def tokenize(texts: Sequence[str]) -> Tensor:
-        from clipforge import tokenize as clip_tokenize
-
-        return clip_tokenize(list(texts), context_length=context_length, truncate=True)
-
-    return tokenize
+    return ClipTokenizer(context_length)
 
 
 class PromptCaptioner:
