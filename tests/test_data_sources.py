@@ -198,3 +198,29 @@ def test_skip_counter_merges_and_pickles():
     assert a.as_dict() == {"corrupt_image": 2, "missing_file": 1} and a.total == 3
     assert a.examples["corrupt_image"] == ["x.jpg"]
     assert io.StringIO(a.summary()).read() == "skipped 3 (corrupt_image=2, missing_file=1)"
+
+
+def test_cifar100_layout(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    generator = np.random.default_rng(0)
+    for split, count in (("train", 7), ("test", 3)):
+        data = generator.integers(0, 256, (count, 3072), dtype=np.uint8)
+        batch = {b"data": data, b"fine_labels": list(range(count)), b"coarse_labels": [0] * count}
+        (folder / split).write_bytes(pickle.dumps(batch))
+    names = [f"c{i}".encode() for i in range(100)]
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": []}))
+    test = open_labelled_dataset(tmp_path, "test", progress=False)
+    assert len(test) == 3 and len(test.classes) == 100 and test.labels.tolist() == [0, 1, 2]
+    assert test.images[1, 0, 0].tolist() == data[1, [0, 1024, 2048]].tolist()  # CHW planes -> HWC
+
+
+def test_broken_shard_is_a_clear_error(tmp_path):
+    from clipforge.data import iter_shard
+
+    bad = tmp_path / "train-0000.tar.gz"
+    bad.write_bytes(b"\x1f\x8b" + b"not really gzip" * 10)
+    with pytest.raises(DataSourceError, match=r"train-0000\.tar\.gz: unreadable tar shard after sample 0"):
+        list(iter_shard(bad))
+    with pytest.raises(DataSourceError, match=r"missing\.tar: data path not found"):
+        open_labelled_dataset(tmp_path / "missing.tar")
