@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import RandomResizedCrop
 
 from clipforge.models.config import PreprocessConfig
 
@@ -121,6 +120,8 @@ class TrainPreprocess(_Normalise):
         self.ratio = tuple(ratio)
 
     def __call__(self, image: Image.Image) -> Tensor:
+        from torchvision.transforms import RandomResizedCrop  # lazy: keeps `import clipforge` light
+
         image = to_resizable(image)
         size = self.config.image_size
         top, left, height, width = RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
