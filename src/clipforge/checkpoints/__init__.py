@@ -80,7 +80,7 @@ def _classify(path: Path, tensors, is_clipforge: bool, wrapped: bool) -> str:
         return "clipforge"
     if not isinstance(tensors, dict):
         raise ValueError(f"{path}: holds a {type(tensors).__name__}, not a state_dict or checkpoint")
-    keys = {k.split("module.", 1)[-1] for k in tensors}
+    keys = {k.removeprefix("module.").removeprefix("_orig_mod.") for k in tensors}
     if "text_projection" in keys and "token_embedding.weight" in keys:
         has_prefix = any(k.startswith(("module.", "_orig_mod.")) for k in tensors)
         return "open_clip" if wrapped or has_prefix else "openai"
