@@ -201,3 +201,21 @@ def test_open_labelled_dataset_on_shards_and_worker_seeding(tmp_path, rows):
 
     first = run()
     assert first == run() and first[0] != first[1]  # seeded per worker, reproducible
+
+
+def test_caption_shards_in_memory_loader(tmp_path, rows):
+    from clipforge import tokenize
+    from clipforge.data import ArrayLoader, AugmentConfig, EpochSampler, open_caption_shards
+
+    folder = write_shards(tmp_path / "s", rows[::50], 2, per_shard=6)
+    data, captions = open_caption_shards(folder, context_length=12, cache_dir=tmp_path / "c", progress=False)
+    assert len(data) == 12 and len(captions.captions) == 12
+    loader = ArrayLoader(data, captions, EpochSampler(12, seed=0, batch_size=5), AugmentConfig(image_size=32))
+    batches = list(loader)
+    assert [len(b["index"]) for b in batches] == [5, 5, 2]
+    batch = batches[0]
+    expected = tokenize(
+        [captions.captions[i] for i in batch["index"].tolist()], context_length=12, truncate=True
+    )
+    assert torch.equal(batch["text"], expected)
+    assert captions.captions[0] == f"a photo of a {CLASSES[int(data.labels[0])]}"

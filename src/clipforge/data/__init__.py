@@ -6,7 +6,7 @@ int64}. See docs/data.md for the layouts each source reads.
 
 from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch, keyed_uniform
 from clipforge.data.cache import CachedImages, cached_records, cached_shards, decode_records, decode_shards
-from clipforge.data.captions import DEFAULT_TEMPLATES, PromptCaptioner, default_tokenizer
+from clipforge.data.captions import DEFAULT_TEMPLATES, FixedCaptions, PromptCaptioner, default_tokenizer
 from clipforge.data.cifar import SafeUnpickler, load_cifar_python
 from clipforge.data.csvjsonl import read_table
 from clipforge.data.errors import DataSourceError, SkipCounter, SkipSample
@@ -21,7 +21,7 @@ from clipforge.data.folders import read_caption_folder, read_image_folder
 from clipforge.data.labelled import LabelledArrays, read_classes
 from clipforge.data.loader import ArrayLoader, LabelledLoaderConfig, labelled_loader
 from clipforge.data.mapstyle import RecordDataset, RecordLoader
-from clipforge.data.public import detect_layout, open_labelled_dataset
+from clipforge.data.public import detect_layout, open_caption_shards, open_labelled_dataset
 from clipforge.data.records import Record, decode_caption, decode_image
 from clipforge.data.sampler import EpochBatchSampler, EpochSampler, epoch_permutation
 from clipforge.data.tarshards import expand_shards, iter_shard
@@ -35,6 +35,7 @@ __all__ = [
     "DataSourceError",
     "EpochBatchSampler",
     "EpochSampler",
+    "FixedCaptions",
     "LabelledArrays",
     "LabelledLoaderConfig",
     "LabelledTensors",
@@ -67,6 +68,7 @@ __all__ = [
     "load_cifar_python",
     "load_retrieval_set",
     "load_zeroshot_eval",
+    "open_caption_shards",
     "open_labelled_dataset",
     "read_caption_folder",
     "read_classes",

@@ -92,3 +92,28 @@ class PromptCaptioner:
             self.template_index(index, epoch)
         )
         return self.token_table[rows]
+
+
+class FixedCaptions:
+    """Captions given per sample (image–text data): all tokenised once, looked up by sample index.
+
+    Same `tokens(labels, index, epoch)` interface as `PromptCaptioner`, so `ArrayLoader` takes either.
+    """
+
+    def __init__(self, captions: Sequence[str], context_length: int = 77, tokenizer: Tokenizer | None = None):
+        self.captions = list(captions)
+        self.tokenizer = tokenizer or default_tokenizer(context_length)
+        self._table: Tensor | None = None
+
+    def caption(self, label: int, index: int, epoch: int) -> str:
+        return self.captions[index]
+
+    @property
+    def token_table(self) -> Tensor:
+        """(N, L) int64: tokens of every caption, row = sample index."""
+        if self._table is None:
+            self._table = self.tokenizer(self.captions)
+        return self._table
+
+    def tokens(self, labels: Tensor, index: Tensor, epoch: int) -> Tensor:
+        return self.token_table[index]

@@ -17,7 +17,7 @@ from clipforge.data.errors import SkipCounter
 
 @dataclass
 class LabelledArrays:
-    """(N, H, W, 3) uint8 images, (N,) int64 labels, class names; `source` says where they came from."""
+    """(N, H, W, 3) uint8 images, (N,) int64 labels (-1: none), class names; `source` says where they came from."""
 
     images: Tensor
     labels: Tensor
@@ -32,11 +32,12 @@ class LabelledArrays:
             )
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
-        bad = (self.labels < 0) | (self.labels >= len(self.classes))
+        bad = (self.labels < -1) | (self.labels >= len(self.classes))  # -1: no label (image-text data)
         if bool(bad.any()):
             first = int(torch.nonzero(bad)[0])
             raise ValueError(
-                f"{self.source}: sample {first} has label {int(self.labels[first])}, valid 0..{len(self.classes) - 1}"
+                f"{self.source}: sample {first} has label {int(self.labels[first])}, valid -1 (none) or "
+                f"0..{len(self.classes) - 1}"
             )
 
     def __len__(self) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch
-from clipforge.data.captions import DEFAULT_TEMPLATES, PromptCaptioner, Tokenizer
+from clipforge.data.captions import DEFAULT_TEMPLATES, FixedCaptions, PromptCaptioner, Tokenizer
 from clipforge.data.labelled import LabelledArrays
 from clipforge.data.sampler import EpochSampler
 
@@ -31,7 +31,7 @@ class ArrayLoader:
     def __init__(
         self,
         data: LabelledArrays,
-        captioner: PromptCaptioner,
+        captioner: PromptCaptioner | FixedCaptions,
         sampler: EpochSampler,
         augment: AugmentConfig | None = DEFAULT_AUGMENT,
         image_size: int | None = None,

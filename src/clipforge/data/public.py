@@ -15,7 +15,10 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+import numpy as np
+
 from clipforge.data.cache import cached_records, cached_shards
+from clipforge.data.captions import FixedCaptions
 from clipforge.data.cifar import load_cifar_python
 from clipforge.data.csvjsonl import read_table
 from clipforge.data.errors import DataSourceError, SkipCounter
@@ -154,3 +157,23 @@ def _classes_from_table(path: Path) -> list[str]:
             if label.strip().isdigit():
                 names.setdefault(int(label), row.get("class_name") or label)
     return [names.get(i, str(i)) for i in range(max(names) + 1)] if names else []
+
+
+def open_caption_shards(
+    shards, image_size: int | None = None, context_length: int = 77, cache_dir: str | Path | None = None,
+    num_workers: int = 2, progress: bool = True,
+) -> tuple[LabelledArrays, FixedCaptions]:  # fmt: skip
+    """Image–text shards (`.jpg` + `.txt`) decoded into memory: pass both to `ArrayLoader(data, captions, ...)`.
+
+    Samples with an empty or non-UTF-8 caption or a bad image are skipped (counted in `data.skips`).
+    """
+    paths = expand_shards(shards)
+    decoded = cached_shards(
+        paths, cache_dir, image_size, want_captions=True, num_workers=num_workers, progress=progress
+    )
+    decoded.labels = (
+        np.full(len(decoded), -1, dtype=np.int64) if decoded.labels.min(initial=0) < 0 else decoded.labels
+    )
+    classes = [decoded.class_names.get(i, str(i)) for i in range(int(decoded.labels.max(initial=-1)) + 1)]
+    data = LabelledArrays.from_arrays(decoded, classes, source=f"shards:{paths[0].parent}")
+    return data, FixedCaptions(decoded.captions, context_length)
