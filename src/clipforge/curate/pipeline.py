@@ -218,7 +218,7 @@ def curate(config: CurateConfig, fetcher: Fetcher | None = None, scorer: Scorer 
     spool_dir = output_dir / f".spool-r{rank:05d}"
     spool_dir.mkdir(parents=True, exist_ok=True)
     _WORKER.update(
-        counts=before,
+        counts=before.tolist(),
         rule=BalanceRule(config.cap, config.seed),
         spool_dir=str(spool_dir),
         fetcher=fetcher or AutoFetcher(http=http),
