@@ -200,6 +200,9 @@ def summarise(records, wall: float, health: dict, memory: dict, args) -> tuple[d
         "server_peak_rss_mb": round(memory["peak_kb"] / 1024, 1),
         "server_rss_after_warmup_mb": round(memory["rss_warm_kb"] / 1024, 1),
         "server_rss_end_mb": round(memory["rss_end_kb"] / 1024, 1),
+        "server_rss_max_sampled_mb": round(memory["rss_max_sampled_kb"] / 1024, 1),
+        "loadavg_1min_start": memory["loadavg_start"],
+        "loadavg_1min_end": memory["loadavg_end"],
         "batching": health["batching"],
         "per_kind": rows,
         "cpu_count": os.cpu_count(),
@@ -207,8 +210,9 @@ def summarise(records, wall: float, health: dict, memory: dict, args) -> tuple[d
     md = (
         f"# Serve load test ({args.model}, {len(records)} requests, {args.concurrency} concurrent, loopback)\n\n"
         f"Command: `.venv/bin/python -m benchmarks.serve_load --model {args.model} --requests {args.requests} "
-        f"--concurrency {args.concurrency}` on {os.cpu_count()} CPU cores (server: {args.server_threads} torch "
-        f"threads).\n\n"
+        f"--concurrency {args.concurrency} --server-threads {args.server_threads}` on {os.cpu_count()} CPU cores; "
+        f"machine load average (1 min) {memory['loadavg_start']} at the start, {memory['loadavg_end']} at the end "
+        f"(other jobs share these cores, so absolute figures are pessimistic).\n\n"
         + markdown_table(
             [
                 {
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", default="tiny-vit", help="preset (seeded random weights) or a checkpoint file")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--server-threads", type=int, default=2)
+    p.add_argument("--server-threads", type=int, default=1, help="torch threads in the server")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10"))
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
             # warm-up (first batches allocate), then the measured run with RSS sampled in the background
             labels = ",".join(classes)
             asyncio.run(run_load(f"http://{HOST}:{port}", [("classify", False)] * 32, images, labels, 16))
-            memory = {"rss_warm_kb": proc_memory_kb(server.pid)["VmRSS"]}
+            memory = {"rss_warm_kb": proc_memory_kb(server.pid)["VmRSS"], "loadavg_start": os.getloadavg()[0]}
             samples, stop = [], threading.Event()
 
             def sample() -> None:
@@ -307,7 +311,13 @@ def main(argv: list[str] | None = None) -> dict:
             stop.set()
             sampler.join()
             final = proc_memory_kb(server.pid)
-            memory.update(peak_kb=final["VmHWM"], rss_end_kb=final["VmRSS"], samples=len(samples))
+            memory.update(
+                peak_kb=final["VmHWM"],
+                rss_end_kb=final["VmRSS"],
+                samples=len(samples),
+                rss_max_sampled_kb=max(samples, default=0),
+                loadavg_end=os.getloadavg()[0],
+            )
         finally:
             server.terminate()
             server.wait(timeout=30)

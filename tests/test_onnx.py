@@ -30,7 +30,7 @@ def test_onnx_towers_match_pytorch_with_dynamic_batch(preset, tmp_path):
         assert diff["image"] <= 1e-4 and diff["text"] <= 1e-4, (batch, diff)
     info = json.loads(paths["info"].read_text())
     assert info["context_length"] == 77 and info["logit_scale"] == pytest.approx(
-        float(model.logit_scale.exp())
+        model.logit_scale.exp().item()
     )
 
 
