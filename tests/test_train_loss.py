@@ -122,3 +122,20 @@ def test_two_processes_equal_one_process_with_whole_batch(tmp_path):
         assert dist_loss == pytest.approx(loss.item(), abs=1e-5), name
         for key, grad in reference.items():
             torch.testing.assert_close(dist_grads[key], grad, atol=1e-5, rtol=1e-4, msg=f"{name}: {key}")
+
+
+def test_grad_cache_counts_batchnorm_statistics_once():
+    config = get_config("tiny-resnet")
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, context_length=12))
+    torch.manual_seed(0)
+    model = CLIP(config.with_image_size(32))
+    reference = CLIP(config.with_image_size(32))
+    reference.load_state_dict(model.state_dict())
+    batch = random_batch()
+    accumulate_gradients(ContrastiveObjective(model), batch, 2)
+    with torch.no_grad():  # what the recompute pass alone does to the running statistics
+        for half in _halves(batch):
+            reference.encode_image(half["images"])
+    for (name, buffer), expected in zip(model.named_buffers(), reference.buffers(), strict=True):
+        assert torch.equal(buffer, expected), name
+    assert any(name.endswith("num_batches_tracked") and int(b) == 2 for name, b in model.named_buffers())

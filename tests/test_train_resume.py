@@ -152,3 +152,38 @@ def test_keeps_last_k_plus_best(tmp_path):
     assert best["step"] == 4 and best["best"] == 0.5 and results["best"] == 0.5
     assert [e["zeroshot_top1"] for e in results["evals"]] == [0.3, 0.5, 0.4, 0.2]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_fit_accepts_positioned_loaders(tmp_path):
+    """clipforge.data's loaders expose set_position(epoch, offset) + __iter__ instead of batches()."""
+    from clipforge.train.datasets import SyntheticPairs
+    from clipforge.train.loader import IndexedLoader
+
+    inner = IndexedLoader(SyntheticPairs(48, 32, 12), 8, seed=3)
+
+    class Positioned:
+        class sampler:  # noqa: N801 - mimics clipforge.data.EpochSampler
+            samples_per_rank = 48
+
+        def set_position(self, epoch, offset):
+            self.position = (epoch, offset)
+
+        def __iter__(self):
+            return inner.batches(*self.position)
+
+    seen = []
+    overrides = [
+        "model.context_length=12",
+        "data.batch_size=8",
+        "epochs=2",
+        "log.progress=false",
+        "log.plot=false",
+    ]
+    results = fit(
+        load_config(TrainConfig, None, [*overrides, f"output_dir={tmp_path}", "data.kind=custom"]),
+        train_data=Positioned(),
+        callbacks=(lambda e, i: seen.append(i["batch"]["index"].tolist()) if e == "step" else None,),
+    )
+    assert results["steps"] == 12
+    flat = [i for b in seen for i in b]
+    assert flat[:48] == inner.rank_indices(0).tolist() and flat[48:] == inner.rank_indices(1).tolist()

@@ -94,3 +94,31 @@ class IndexedLoader:
         else:
             loader = DataLoader(self.dataset, batch_sampler=index_batches, **workers)
         yield from loader
+
+
+class PositionedLoader:
+    """Adapts a loader with `set_position(epoch, offset)` and `__iter__` (clipforge.data's loaders) to TrainData.
+
+    The wrapped loader must yield whole batches (drop_last) so every step has `batch_size` pairs."""
+
+    def __init__(self, loader: Any, batch_size: int):
+        self.loader = loader
+        sampler = getattr(loader, "sampler", None)
+        per_rank = getattr(sampler, "samples_per_rank", None)
+        self.samples_per_epoch = int(per_rank) if per_rank is not None else len(loader) * batch_size
+
+    def batches(self, epoch: int, offset: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        self.loader.set_position(epoch, offset)
+        yield from self.loader
+
+
+def as_train_data(data: Any, batch_size: int) -> TrainData:
+    """`data` itself when it has `batches(epoch, offset)`, else a PositionedLoader around it."""
+    if hasattr(data, "batches") and hasattr(data, "samples_per_epoch"):
+        return data
+    if hasattr(data, "set_position"):
+        return PositionedLoader(data, batch_size)
+    raise TypeError(
+        f"train_data {type(data).__name__} needs samples_per_epoch + batches(epoch, offset), "
+        "or set_position(epoch, offset) + __iter__"
+    )

@@ -22,7 +22,7 @@ from clipforge.overrides import to_dict
 from clipforge.results import markdown_table, write_results
 from clipforge.train import distributed as D
 from clipforge.train.config import TrainConfig
-from clipforge.train.loader import IndexedLoader, TrainData
+from clipforge.train.loader import IndexedLoader, TrainData, as_train_data
 from clipforge.train.metrics import MetricsLogger, ZeroShotEval, plot_curves
 from clipforge.train.objectives import ContrastiveObjective
 from clipforge.train.optim import build_optimizer, keep_locked_in_eval, lock_towers
@@ -117,7 +117,8 @@ def fit(
 ) -> dict[str, Any]:
     """Train per `config`; returns the results dict (also written to output_dir/train.json on rank 0).
 
-    model: default `build_model(config)`; train_data: default from config.data (see loader.TrainData);
+    model: default `build_model(config)`; train_data: default from config.data; see loader.TrainData (or a
+    loader with set_position(epoch, offset) + __iter__, as clipforge.data's);
     objective: default ContrastiveObjective(model); zeroshot: default from config.eval.zeroshot_data.
     callbacks: called as cb(event, info) with event "step" (after each optimizer step) or "checkpoint"."""
     config.validate()
@@ -140,7 +141,9 @@ class _Run:
         if config.model.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.objective = objective if objective is not None else self._default_objective()
-        self.train_data = train_data if train_data is not None else build_train_data(config, self.model, info)
+        if train_data is None:
+            train_data = build_train_data(config, self.model, info)
+        self.train_data = as_train_data(train_data, config.data.batch_size)
         self.zeroshot = zeroshot if zeroshot is not None else build_zeroshot_eval(config, self.model)
         self.precision = resolve_precision(config.precision, info.device)
         self.scaler = torch.amp.GradScaler(info.device.type) if self.precision == "fp16" else None

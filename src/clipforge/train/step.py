@@ -55,8 +55,18 @@ def accumulate_gradients(
 
 
 def _grad_cache(objective, micro_batches, autocast, backward) -> dict[str, Tensor]:
+    # The no-grad pass must not count twice: keep buffers (BatchNorm running stats) as they were, and replay
+    # each micro-batch's RNG state in the recompute (dropout masks match).
+    buffers = [b.detach().clone() for b in objective.buffers()]
+    rng_states, cached = [], []  # cached: k x tuple of (b, E)
     with torch.no_grad(), autocast():
-        cached = [objective.embed(micro) for micro in micro_batches]  # k x tuple of (b, E)
+        for micro in micro_batches:
+            rng_states.append(_rng_state())
+            cached.append(objective.embed(micro))
+    with torch.no_grad():
+        for buffer, saved in zip(objective.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
+    rng_after = _rng_state()
     leaves = [
         torch.cat(parts).detach().requires_grad_() for parts in zip(*cached, strict=True)
     ]  # (B, E) each
@@ -68,7 +78,19 @@ def _grad_cache(objective, micro_batches, autocast, backward) -> dict[str, Tenso
     sizes = [len(micro["index"]) for micro in micro_batches]
     grads = [leaf.grad.split(sizes) for leaf in leaves]
     for i, micro in enumerate(micro_batches):
+        _set_rng_state(rng_states[i])
         with autocast():
             embeddings = objective.embed(micro)
         torch.autograd.backward(embeddings, [g[i] for g in grads])
+    _set_rng_state(rng_after)
     return {k: v.detach() for k, v in out.items()}
+
+
+def _rng_state() -> tuple[Tensor, Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
