@@ -80,8 +80,24 @@ def test_page_classifies_an_upload_and_shows_a_search_grid(server_url, shared_da
             page.goto(server_url + "/")
             playwright_api.expect(page.locator("#health")).to_contain_text("200 indexed")
 
+            # drop: a File built from a served thumbnail, delivered by a real drop event on the zone
+            page.evaluate(
+                """async () => {
+                    const blob = await (await fetch('/thumbs/00000003.jpg')).blob();
+                    const data = new DataTransfer();
+                    data.items.add(new File([blob], 'dropped.jpg', {type: 'image/jpeg'}));
+                    document.getElementById('drop').dispatchEvent(
+                        new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+                }"""
+            )
+            playwright_api.expect(page.locator("#drop-hint")).to_have_text("dropped.jpg")
+            page.fill("#labels", "cat, dog")
+            page.click("#classify-btn")
+            playwright_api.expect(page.locator("#bars .bar-row")).to_have_count(2)
+
             page.set_input_files("#image-input", str(image))
             playwright_api.expect(page.locator("#preview")).to_be_visible()
+            playwright_api.expect(page.locator("#drop-hint")).to_have_text(image.name)
             page.fill("#labels", ", ".join(labels))
             page.click("#classify-btn")
             rows = page.locator("#bars .bar-row")
@@ -104,6 +120,8 @@ def test_page_classifies_an_upload_and_shows_a_search_grid(server_url, shared_da
             )
             loaded = page.eval_on_selector_all("#grid img", "els => els.map(e => e.naturalWidth)")
             assert len(loaded) == 12 and min(loaded) > 0  # every thumbnail came from /thumbs
+            captions = page.locator("#grid figcaption").all_inner_texts()
+            assert sum(c.startswith("ship") for c in captions) >= 6  # 20 of 200 indexed are ships
 
             page.fill("#labels", "onlyone")
             page.click("#classify-btn")
