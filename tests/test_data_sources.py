@@ -224,3 +224,14 @@ def test_broken_shard_is_a_clear_error(tmp_path):
         list(iter_shard(bad))
     with pytest.raises(DataSourceError, match=r"missing\.tar: data path not found"):
         open_labelled_dataset(tmp_path / "missing.tar")
+
+
+def test_jsonl_label_table_with_class_names(tmp_path, cifar_test_rows):
+    lines = [
+        f'{{"path": "{p}", "label": {label}, "class_name": "c{label}"}}'
+        for p, label in cifar_test_rows[::100]
+    ]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    data = open_labelled_dataset(tmp_path, "train", cache_dir=tmp_path / "c", num_workers=1, progress=False)
+    assert len(data) == 10 and data.classes == [f"c{i}" for i in range(10)]
+    assert data.labels.tolist() == list(range(10))

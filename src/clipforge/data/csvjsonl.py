@@ -14,7 +14,7 @@ from clipforge.data.errors import BAD_LABEL, MISSING_FIELD, DataSourceError, Ski
 from clipforge.data.records import Record
 
 
-def _rows(path: Path, delimiter: str | None):
+def table_rows(path: Path, delimiter: str | None):
     """(line number, dict) per data row; the format follows the extension (.jsonl/.json lines, .tsv, .csv)."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
@@ -56,7 +56,7 @@ def read_table(
     skips = skips if skips is not None else SkipCounter()
     wanted = [c for c in (image_column, caption_column, label_column) if c]
     records, checked = [], False
-    for line, row in _rows(path, delimiter):
+    for line, row in table_rows(path, delimiter):
         if not checked:
             for column in wanted:
                 if column not in row:

@@ -20,7 +20,7 @@ import numpy as np
 from clipforge.data.cache import cached_records, cached_shards
 from clipforge.data.captions import FixedCaptions
 from clipforge.data.cifar import load_cifar_python
-from clipforge.data.csvjsonl import read_table
+from clipforge.data.csvjsonl import read_table, table_rows
 from clipforge.data.errors import DataSourceError, SkipCounter
 from clipforge.data.folders import read_image_folder
 from clipforge.data.labelled import LabelledArrays, read_classes
@@ -148,14 +148,11 @@ def open_labelled_dataset(
 
 def _classes_from_table(path: Path) -> list[str]:
     """Class names from a `class_name` column, else the label numbers as names."""
-    import csv
-
     names: dict[int, str] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","):
-            label = row.get("label", "")
-            if label.strip().isdigit():
-                names.setdefault(int(label), row.get("class_name") or label)
+    for _, row in table_rows(path, None):
+        label = str(row.get("label", "")).strip()
+        if label.isdigit():
+            names.setdefault(int(label), str(row.get("class_name") or label))
     return [names.get(i, str(i)) for i in range(max(names) + 1)] if names else []
 
 
