@@ -28,6 +28,7 @@ from clipforge.tokenizer.bpe import load_vocab
 from clipforge.tokenizer.clean import WORD_PATTERN, clean_text, is_plain
 
 REFERENCE = open_clip.tokenizer._tokenizer  # open_clip's SimpleTokenizer behind open_clip.tokenize
+SHARED = Tokenizer()
 
 FIXED_CASES = [
     "",
@@ -109,11 +110,24 @@ ALPHABETS = {
 @given(data=st.data())
 def test_random_text_matches_open_clip(alphabet, data):
     element = ALPHABETS[alphabet]
-    if alphabet in ("html",):
+    if alphabet == "html":
         text = "".join(data.draw(st.lists(element, max_size=30)))
     else:
         text = data.draw(st.text(element, max_size=80))
-    assert Tokenizer().encode(text) == REFERENCE.encode(text)
+    expected = REFERENCE.encode(text)
+    assert Tokenizer().encode(text) == expected  # cold caches
+    assert SHARED.encode(text) == expected  # caches filled by earlier examples
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    texts=st.lists(
+        st.one_of(*(st.text(a, max_size=120) for name, a in ALPHABETS.items() if name != "html")),
+        max_size=12,
+    )
+)
+def test_random_batches_match_open_clip(texts):
+    assert torch.equal(SHARED(texts, truncate=True), reference_rows(texts))
 
 
 @settings(max_examples=300, deadline=None)
