@@ -187,3 +187,46 @@ def test_fit_accepts_positioned_loaders(tmp_path):
     assert results["steps"] == 12
     flat = [i for b in seen for i in b]
     assert flat[:48] == inner.rank_indices(0).tolist() and flat[48:] == inner.rank_indices(1).tolist()
+
+
+def test_exact_resume_with_clipforge_data_loader(tmp_path):
+    """The data helper's in-memory loader (augmentation keyed by seed, epoch, index) resumes bit-exactly."""
+    from clipforge.data import LabelledArrays, LabelledLoaderConfig, labelled_loader
+    from clipforge.data.augment import AugmentConfig
+
+    generator = torch.Generator().manual_seed(0)
+    arrays = LabelledArrays(
+        images=torch.randint(0, 256, (80, 36, 36, 3), dtype=torch.uint8, generator=generator),
+        labels=torch.arange(80) % 4,
+        classes=["cat", "dog", "car", "ship"],
+    )
+    loader_config = LabelledLoaderConfig(
+        batch_size=8, seed=5, context_length=12, augment=AugmentConfig(image_size=32)
+    )
+    overrides = [
+        "model.context_length=12",
+        "data.kind=custom",
+        "data.batch_size=8",
+        "epochs=2",
+        "checkpoint.every_steps=7",
+        "log.progress=false",
+        "log.plot=false",
+    ]
+
+    def run(output_dir, *extra, callbacks=()):
+        config = load_config(TrainConfig, None, [*overrides, f"output_dir={output_dir}", *extra])
+        return fit(config, train_data=labelled_loader(arrays, loader_config), callbacks=callbacks)
+
+    expected = load_state(run(tmp_path / "ref")["checkpoint"])["model"]
+
+    def abort_at_13(event, info):
+        if event == "step" and info["step"] == 13:
+            raise _Abort
+
+    with pytest.raises(_Abort):
+        run(tmp_path / "cut", callbacks=(abort_at_13,))
+    results = run(tmp_path / "cut", "checkpoint.resume=auto")  # resumes from step 7 (epoch 0, offset 56)
+    assert results["steps"] == 20
+    final = load_state(results["checkpoint"])["model"]
+    for name, tensor in expected.items():
+        assert torch.equal(final[name], tensor), name

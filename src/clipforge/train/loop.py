@@ -302,7 +302,14 @@ class _Run:
         while self.step < self.total_steps:
             wait_start = time.perf_counter()
             batch = next(batches, None)
-            if batch is None:
+            if batch is None:  # the data ran out before samples_per_epoch: count the epoch as done
+                if self.offset:
+                    warnings.warn(
+                        f"epoch {self.epoch} ended after {self.offset} of {self.train_data.samples_per_epoch} "
+                        "samples; check the loader's samples_per_epoch",
+                        stacklevel=2,
+                    )
+                self.epoch, self.offset = self.epoch + 1, 0
                 break
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             window.data_wait_s += time.perf_counter() - wait_start
