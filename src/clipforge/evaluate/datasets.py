@@ -143,7 +143,19 @@ def cifar(root, split: str = "test", transform=None, num_classes: int = 10) -> E
         f"Put the python version of CIFAR-{num_classes} (from https://www.cs.toronto.edu/~kriz/cifar.html) "
         f"extracted under {root}, or an image folder {root}/images/{split}/<class>/."
     )
-    require(folder, f"CIFAR-{num_classes}", hint)
+    if not root.is_file():
+        require(folder, f"CIFAR-{num_classes}", hint)
+    try:  # the data package's reader (also reads the .tar.gz); ours below when it is absent
+        from clipforge.data.cifar import load_cifar_python
+    except ImportError:
+        images, labels, names = _read_cifar_batches(folder, split, num_classes, hint)
+    else:
+        arrays = load_cifar_python(root, split, num_classes)
+        images, labels, names = arrays.images, [int(v) for v in arrays.labels], arrays.classes
+    return EvalDataset(list(zip(images, labels)), list(names), transform, name=f"cifar{num_classes}")
+
+
+def _read_cifar_batches(folder: Path, split: str, num_classes: int, hint: str):
     if num_classes == 10:
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         label_key, meta, names_key = "labels", "batches.meta", "label_names"
@@ -155,8 +167,7 @@ def cifar(root, split: str = "test", transform=None, num_classes: int = 10) -> E
         images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels += [int(v) for v in batch[label_key]]
     names = [n.decode() if isinstance(n, bytes) else n for n in _load_cifar_batch(folder / meta)[names_key]]
-    data = np.concatenate(images)
-    return EvalDataset(list(zip(data, labels)), names, transform, name=f"cifar{num_classes}")
+    return np.concatenate(images), labels, names
 
 
 def _imagenet_subset(root: Path, indices: list[int], transform, name: str, folder_of=None) -> EvalDataset:
