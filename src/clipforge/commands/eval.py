@@ -132,7 +132,7 @@ def run_fewshot(model, train, test, templates, classnames, shots, seeds, methods
 
     train_xy = extract_features(model, train, "embedding", batch_size=batch_size)
     test_xy = extract_features(model, test, "embedding", batch_size=batch_size)
-    weights = build_classifier(model, classnames, templates, batch_size=batch_size, device="cpu")
+    weights = build_classifier(model, classnames, templates, batch_size=batch_size).cpu()
     config = FewShotConfig(shots=tuple(shots), seeds=tuple(seeds), methods=tuple(methods))
     return fewshot_curve(train_xy, test_xy, weights, float(model.logit_scale.detach().exp()), config)
 

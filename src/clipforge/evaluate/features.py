@@ -31,7 +31,9 @@ def resolve_kind(model: nn.Module, kind: FeatureKind) -> str:
 
 
 def dataset_fingerprint(dataset) -> str:
-    """Hash of the sample list (paths or pixel bytes of the first/last items) and labels."""
+    """Hash of the sample list (paths, or pixel bytes for in-memory images) and labels.
+
+    A dataset without `.samples` is keyed by its type and length only: pass cache_dir=False for those."""
     digest = hashlib.sha256()
     samples = getattr(dataset, "samples", None)
     if samples is None:
@@ -39,9 +41,7 @@ def dataset_fingerprint(dataset) -> str:
         return digest.hexdigest()[:16]
     digest.update(str(len(samples)).encode())
     for source, label in samples:
-        digest.update(
-            (str(source) if isinstance(source, (str, os.PathLike)) else str(hash(source.tobytes()))).encode()
-        )
+        digest.update(str(source).encode() if isinstance(source, (str, os.PathLike)) else source.tobytes())
         digest.update(f"|{label};".encode())
     return digest.hexdigest()[:16]
 
