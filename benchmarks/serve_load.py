@@ -295,7 +295,10 @@ def main(argv: list[str] | None = None) -> dict:
             # warm-up (first batches allocate), then the measured run with RSS sampled in the background
             labels = ",".join(classes)
             asyncio.run(run_load(f"http://{HOST}:{port}", [("classify", False)] * 32, images, labels, 16))
-            memory = {"rss_warm_kb": proc_memory_kb(server.pid)["VmRSS"], "loadavg_start": round(os.getloadavg()[0], 2)}
+            memory = {
+                "rss_warm_kb": proc_memory_kb(server.pid)["VmRSS"],
+                "loadavg_start": round(os.getloadavg()[0], 2),
+            }
             samples, stop = [], threading.Event()
 
             def sample() -> None:
