@@ -233,3 +233,29 @@ def test_shards_load_in_clipforge_data(dataset):
     assert sum(len(b["images"]) for b in batches) == stats["kept"]
     assert all(not b["_skips"] for b in batches)
     assert batches[0]["images"].shape[1:] == (3, 32, 32) and batches[0]["text"].shape[0] == 4
+
+
+def test_clip_similarity_filter_with_a_clipforge_model(dataset):
+    import torch
+
+    from clipforge.curate.clean import ClipSimilarity
+    from clipforge.factory import create_model_and_transforms
+    from clipforge.tokenizer import tokenize
+
+    torch.manual_seed(0)
+    model, _, preprocess = create_model_and_transforms("tiny-vit")
+    scorer = ClipSimilarity(model, preprocess)
+    tmp_path, _, _ = dataset
+    images = sorted((tmp_path / "img").glob("dog*.jpg"))[:3]
+    captions = ["a dog", "two dogs playing", "a dog on grass"]
+    scores = scorer([p.read_bytes() for p in images], captions)
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in images])
+        image = model.encode_image(pixels, normalize=True)
+        text = model.encode_text(tokenize(captions, context_length=model.context_length), normalize=True)
+    np.testing.assert_allclose(scores, (image * text).sum(-1).numpy(), atol=1e-5)
+    threshold = float(np.median(scores))
+    stats = curate(_config(tmp_path, "sim", clean=CleanConfig(min_similarity=threshold)), scorer=scorer)
+    samples = _read_shards(tmp_path / "sim")
+    assert stats["accounted"] and stats["dropped"]["low_similarity"] >= 1
+    assert all(s["json"]["similarity"] >= threshold for s in samples)
