@@ -108,9 +108,10 @@ def evaluate_retrieval(
     progress: bool = True,
 ) -> dict[str, float]:
     """Encode the caption set's images and captions with `model`, then `recall_at_k`."""
+    from clipforge.encode import encode_tokens
     from clipforge.evaluate.datasets import EvalDataset
     from clipforge.evaluate.features import extract_features
-    from clipforge.zeroshot.classifier import default_tokenizer, encode_texts_bucketed
+    from clipforge.zeroshot.classifier import default_tokenizer
 
     images = EvalDataset([(p, 0) for p in captions.image_paths], ["image"], transform, name="captions")
     image_features, _ = extract_features(
@@ -120,7 +121,7 @@ def evaluate_retrieval(
     was_training = model.training
     model.eval()
     try:
-        text_features = encode_texts_bucketed(model, tokens, batch_size, device, progress).cpu()
+        text_features = encode_tokens(model, tokens, batch_size, normalize=True, progress=progress)
     finally:
         model.train(was_training)
     metrics = recall_at_k(image_features, text_features, captions.caption_image, ks)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from clipforge.encode import encode_tokens
 from clipforge.fileio import atomic_write
 
 CACHE_ENV = "CLIPFORGE_CACHE_DIR"
@@ -71,29 +72,6 @@ def default_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
 
 
 @torch.no_grad()
-def encode_texts_bucketed(
-    model: nn.Module, tokens: Tensor, batch_size: int = 256, device=None, progress: bool = True
-) -> Tensor:
-    """Encode (N, L) token ids in batches of similar length, return unit (N, E) features in input order.
-
-    Sorting by length lets the text tower trim each batch to its longest sequence (the EOT token has the
-    largest id, so argmax gives the length); the permutation is undone before returning."""
-    device = torch.device(device) if device is not None else model_device(model)
-    lengths = tokens.argmax(dim=-1)  # (N,) EOT position
-    order = torch.argsort(lengths, stable=True)
-    out: Tensor | None = None
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="zero-shot prompts", disable=not progress, leave=False):
-        idx = order[start : start + batch_size]
-        feats = model.encode_text(tokens[idx].to(device), normalize=True).float()  # (b, E)
-        if out is None:
-            out = torch.empty(len(order), feats.shape[-1], device=device)
-        out[idx.to(device)] = feats
-    if out is None:
-        raise ValueError("no texts to encode")
-    return out
-
-
 def build_classifier(
     model: nn.Module,
     classnames: list[str],
@@ -130,7 +108,9 @@ def build_classifier(
     was_training = model.training
     model.eval()
     try:
-        feats = encode_texts_bucketed(model, tokens, batch_size, device, progress)  # (C*T, E)
+        feats = encode_tokens(model, tokens, batch_size, normalize=True, progress=progress).to(
+            device
+        )  # (C*T, E)
     finally:
         model.train(was_training)
     feats = feats.view(len(classnames), len(templates), -1)  # (C, T, E)
