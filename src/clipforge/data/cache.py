@@ -63,21 +63,33 @@ def _pick(sample: dict, names: tuple[str, ...]) -> bytes | None:
     return next((sample[n] for n in names if n in sample), None)
 
 
+def sample_image_bytes(sample: dict, key: str) -> bytes:
+    """The encoded image of a WebDataset sample; SkipSample when it has none."""
+    data = _pick(sample, IMAGE_KEYS)
+    if data is None:
+        raise SkipSample(MISSING_FIELD, f"{key}: no image member ({'/'.join(IMAGE_KEYS)})")
+    return data
+
+
+def sample_label(sample: dict, key: str) -> int:
+    """The sample's `.cls` label, -1 when absent; SkipSample when it is not an integer."""
+    if "cls" not in sample:
+        return -1
+    text = sample["cls"].decode("ascii", "replace").strip()
+    if not text.lstrip("-").isdigit():
+        raise SkipSample(BAD_LABEL, f"{key}: .cls {text!r}")
+    return int(text)
+
+
 def decode_shard(path: str, image_size: int | None, want_captions: bool) -> dict:
     """All samples of one shard -> arrays; bad samples are skipped and counted (runs in a worker process)."""
     images, labels, keys, captions, skips, names = [], [], [], [], SkipCounter(), {}
     for _, sample in iter_shard(Path(path)):
         key = f"{Path(path).name}/{sample['__key__']}"
         try:
-            data = _pick(sample, IMAGE_KEYS)
-            if data is None:
-                raise SkipSample(MISSING_FIELD, f"{key}: no image member ({'/'.join(IMAGE_KEYS)})")
-            label = -1
-            if "cls" in sample:
-                text = sample["cls"].decode("ascii", "replace").strip()
-                if not text.lstrip("-").isdigit():
-                    raise SkipSample(BAD_LABEL, f"{key}: .cls {text!r}")
-                label = int(text)
+            data = sample_image_bytes(sample, key)
+            label = sample_label(sample, key)
+            if label >= 0:
                 names.setdefault(label, _class_name(sample.get("json")))
             caption = decode_caption(_pick(sample, CAPTION_KEYS), key) if want_captions else None
             array = decode_image(data, key)

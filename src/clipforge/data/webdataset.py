@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch
-from clipforge.data.cache import CAPTION_KEYS, IMAGE_KEYS, fit_square
+from clipforge.data.cache import CAPTION_KEYS, fit_square, sample_image_bytes, sample_label
 from clipforge.data.captions import PromptCaptioner, Tokenizer, default_tokenizer
-from clipforge.data.errors import BAD_LABEL, MISSING_FIELD, SkipCounter, SkipSample
+from clipforge.data.errors import MISSING_FIELD, SkipCounter, SkipSample
 from clipforge.data.records import decode_caption, decode_image
 from clipforge.data.tarshards import expand_shards, iter_shard
 
@@ -75,15 +75,8 @@ class ShardStream(IterableDataset):
         return self.rank * workers + worker, self.world_size * workers
 
     def _sample(self, sample: dict, key: str) -> tuple[np.ndarray, str | None, int]:
-        data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
-        if data is None:
-            raise SkipSample(MISSING_FIELD, f"{key}: no image member")
-        label = -1
-        if "cls" in sample:
-            text = sample["cls"].decode("ascii", "replace").strip()
-            if not text.lstrip("-").isdigit():
-                raise SkipSample(BAD_LABEL, f"{key}: .cls {text!r}")
-            label = int(text)
+        data = sample_image_bytes(sample, key)
+        label = sample_label(sample, key)
         caption = None
         if self.captioner is None:
             caption = decode_caption(next((sample[k] for k in CAPTION_KEYS if k in sample), None), key)
