@@ -1,10 +1,39 @@
-"""clipforge: CLIP from scratch, exact to OpenAI's checkpoints, fast on what you have."""
+"""clipforge: CLIP from scratch, exact to OpenAI's checkpoints, fast on what you have.
 
-from clipforge.factory import create_model, create_model_and_transforms, list_models, load
-from clipforge.models import CLIP, CLIPConfig, CLIPOutput, get_config
-from clipforge.transforms import image_transform
+The public names are imported lazily (PEP 562), so `import clipforge.curate` or the CLI's start-up does not
+pay for torch until a model is actually needed."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "CLIP": "clipforge.models",
+    "CLIPConfig": "clipforge.models",
+    "CLIPOutput": "clipforge.models",
+    "get_config": "clipforge.models",
+    "create_model": "clipforge.factory",
+    "create_model_and_transforms": "clipforge.factory",
+    "list_models": "clipforge.factory",
+    "load": "clipforge.factory",
+    "image_transform": "clipforge.transforms",
+}
+
+if TYPE_CHECKING:
+    from clipforge.factory import create_model, create_model_and_transforms, list_models, load
+    from clipforge.models import CLIP, CLIPConfig, CLIPOutput, get_config
+    from clipforge.transforms import image_transform
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clipforge' has no attribute {name!r}")
 
 
 def tokenize(texts, context_length: int = 77, truncate: bool = False):
