@@ -1,0 +1,79 @@
+"""`clipforge experiment objectives|prompts|robustness [--smoke] [--out DIR]`: the paper's findings, small scale.
+
+Trained runs are cached under --cache-dir (keyed by their settings), so `prompts` and `robustness` reuse the
+contrastive run of `objectives`. See docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import torch
+
+EXPERIMENTS = ("objectives", "prompts", "robustness")
+DEFAULT_OUT = "benchmarks/results/experiments"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from clipforge.experiments.runs import RunSettings, smoke_settings
+
+    defaults = RunSettings()
+    parser = argparse.ArgumentParser(prog="clipforge experiment", description=__doc__)
+    parser.add_argument("name", choices=EXPERIMENTS)
+    parser.add_argument("--smoke", action="store_true", help="a few hundred images, one epoch: seconds")
+    parser.add_argument(
+        "--out", default=None, help=f"results folder (default {DEFAULT_OUT}; smoke: runs/...)"
+    )
+    parser.add_argument("--data", default=defaults.data, help="labelled set with train and test splits")
+    parser.add_argument("--model", default=defaults.model, help="preset for the image encoder and text sizes")
+    parser.add_argument("--train-images", type=int, default=None, help="random subset of the train split")
+    parser.add_argument("--epochs", type=float, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--cache-dir", default=defaults.cache_dir, help="trained runs, reused when settings match"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    settings = replace(
+        defaults,
+        data=args.data,
+        model=args.model,
+        train_images=args.train_images,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    if args.smoke:
+        settings = smoke_settings(settings)
+    out = args.out or (f"runs/experiments-smoke/{args.name}" if args.smoke else DEFAULT_OUT)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        results = _run(args.name, settings, out)
+    finally:
+        torch.set_num_threads(threads)
+    with open(results["files"]["markdown"], encoding="utf-8") as summary:
+        print(summary.read())
+    return results
+
+
+def _run(name: str, settings, out: str) -> dict:
+    if name == "objectives":
+        from clipforge.experiments.objectives_exp import run_objectives
+
+        return run_objectives(settings, out)
+    if name == "prompts":
+        from clipforge.experiments.prompts_exp import run_prompts
+
+        return run_prompts(settings, out)
+    from clipforge.experiments.robustness_exp import run_robustness
+
+    return run_robustness(settings, out)

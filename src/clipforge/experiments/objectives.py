@@ -1,0 +1,227 @@
+"""Pretraining objectives compared in the paper's Fig. 2, plus the supervised baseline of its robustness study.
+
+Every objective wraps the same `CLIP` (only its image tower is trained outside `contrastive`) and exposes the
+trainer's interface, `loss(batch) -> {"loss": ...}`, plus `class_scores(images, classnames, templates) -> (N, C)`
+for zero-shot classification:
+
+- contrastive: cosine similarity to the prompt-ensembled class text embedding (CLIP);
+- bag-of-words: predict the caption's words (softmax over a vocabulary, target = the caption's normalised
+  word bag); a class scores the mean log-probability of its name's words;
+- captioning: a small causal transformer decoder conditioned on the image predicts the caption tokens; a class
+  scores the mean (over templates) caption log-likelihood of its prompts;
+- supervised: cross-entropy on labels; scores are the classifier logits (no language, not zero-shot).
+
+Vocabularies are compact: the BPE ids that occur in the training captions (`caption_vocabulary`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clipforge.models.transformer import Transformer
+from clipforge.train.objectives import ContrastiveObjective
+
+OBJECTIVES = ("contrastive", "bag-of-words", "captioning", "supervised")
+
+
+def _tokenize(texts: Sequence[str], context_length: int) -> Tensor:
+    from clipforge import tokenize
+
+    return tokenize(list(texts), context_length=context_length, truncate=True)
+
+
+def caption_vocabulary(classnames: Sequence[str], templates: Sequence[str], context_length: int) -> Tensor:
+    """(V,) sorted BPE ids occurring in every `template.format(class)` caption, SOT/EOT included."""
+    tokens = _tokenize([t.format(c) for c in classnames for t in templates], context_length)
+    ids = torch.unique(tokens)
+    return ids[ids != 0]  # 0 is padding
+
+
+class _VocabMixin(nn.Module):
+    """Maps BPE ids to compact vocabulary positions (-1: not in the vocabulary)."""
+
+    def _init_vocab(self, vocab: Tensor, bpe_size: int) -> None:
+        lookup = torch.full((bpe_size,), -1, dtype=torch.long)
+        lookup[vocab] = torch.arange(len(vocab))
+        self.register_buffer("vocab", vocab.clone(), persistent=True)
+        self.register_buffer("lookup", lookup, persistent=False)
+
+    def compact(self, tokens: Tensor, where: str) -> Tensor:
+        ids = self.lookup[tokens]
+        missing = (ids < 0) & (tokens != 0)
+        if missing.any():
+            raise ValueError(
+                f"{where}: token ids {tokens[missing].unique().tolist()[:8]} are not in the vocabulary"
+            )
+        return ids
+
+
+class ContrastiveScorer(ContrastiveObjective):
+    """The trainer's CLIP loss; each distinct caption of a batch goes through the text tower once (exact)."""
+
+    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        image_features = self.model.encode_image(batch["images"], normalize=True)  # (B, E)
+        unique_text, inverse = torch.unique(batch["text"], dim=0, return_inverse=True)  # (U, L), (B,)
+        return image_features, self.model.encode_text(unique_text, normalize=True)[inverse]  # (B, E)
+
+    @torch.no_grad()
+    def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        tokens = _tokenize([t.format(c) for c in classnames for t in templates], self.model.context_length)
+        text = self.model.encode_text(tokens, normalize=True).view(len(classnames), len(templates), -1)
+        classifier = F.normalize(text.mean(dim=1), dim=-1)  # (C, E)
+        return self.model.encode_image(images, normalize=True) @ classifier.T  # (N, C)
+
+
+class BagOfWordsObjective(_VocabMixin):
+    """Image -> softmax over the vocabulary; target: the caption's word bag (SOT/EOT/padding excluded)."""
+
+    def __init__(self, model: nn.Module, vocab: Tensor):
+        super().__init__()
+        self.model = model
+        self._init_vocab(vocab, model.config.text.vocab_size)
+        self.head = nn.Linear(model.config.embed_dim, len(vocab))
+        self.special = (int(vocab.max()), int(vocab.max()) - 1)  # EOT, SOT are the two largest BPE ids
+
+    def word_log_probs(self, images: Tensor) -> Tensor:  # -> (B, V)
+        return F.log_softmax(self.head(self.model.encode_image(images)).float(), dim=-1)
+
+    def word_bag(self, tokens: Tensor) -> Tensor:  # (B, L) BPE ids -> (B, V) rows summing to 1
+        keep = (tokens != 0) & (tokens != self.special[0]) & (tokens != self.special[1])
+        bag = torch.zeros(len(tokens), len(self.vocab), device=tokens.device)
+        bag.scatter_add_(1, self.compact(tokens, "bag-of-words caption").clamp(min=0), keep.float())
+        return bag / bag.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        log_probs = self.word_log_probs(batch["images"])
+        return {"loss": -(self.word_bag(batch["text"]) * log_probs).sum(dim=1).mean()}
+
+    @torch.no_grad()
+    def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        names = self.word_bag(_tokenize(classnames, self.model.context_length).to(images.device))  # (C, V)
+        return self.word_log_probs(images) @ names.T  # (N, C): mean log-prob of each name's words
+
+
+class CaptionDecoder(nn.Module):
+    """Causal transformer over caption tokens; the image embedding is added to the start token's input."""
+
+    def __init__(
+        self, embed_dim: int, vocab_size: int, context_length: int, width: int, layers: int, heads: int
+    ):
+        super().__init__()
+        self.image_proj = nn.Linear(embed_dim, width)
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
+        self.transformer = Transformer(width, layers, heads, 4.0, "gelu")
+        self.transformer.init_weights()
+        self.ln_final = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    def forward(self, image_embedding: Tensor, inputs: Tensor) -> Tensor:  # (B, E), (B, L) -> (B, L, V)
+        x = self.token_embedding(inputs) + self.positional_embedding[: inputs.shape[1]]  # (B, L, W)
+        x = torch.cat([x[:, :1] + self.image_proj(image_embedding)[:, None], x[:, 1:]], dim=1)
+        return self.head(self.ln_final(self.transformer(x, causal=True)))
+
+
+class CaptioningObjective(_VocabMixin):
+    """Predict caption token t+1 from the image and tokens <= t (teacher forcing), up to and including EOT."""
+
+    def __init__(self, model: nn.Module, vocab: Tensor):
+        super().__init__()
+        self.model = model
+        self._init_vocab(vocab, model.config.text.vocab_size)
+        text = model.config.text
+        self.decoder = CaptionDecoder(
+            model.config.embed_dim, len(vocab), text.context_length, text.width, text.layers, text.heads
+        )
+
+    def token_log_likelihood(self, image_embedding: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(summed log-likelihood (B,), predicted token count (B,)) of each caption."""
+        length = int(tokens.argmax(dim=-1).max()) + 1  # up to the longest EOT
+        ids = self.compact(tokens[:, :length], "caption").clamp(min=0)  # (B, L')
+        logits = self.decoder(image_embedding, ids[:, :-1]).float()  # (B, L'-1, V)
+        targets = ids[:, 1:]
+        valid = torch.arange(1, length, device=tokens.device) <= tokens.argmax(
+            dim=-1, keepdim=True
+        )  # (B, L'-1)
+        picked = F.log_softmax(logits, dim=-1).gather(2, targets[..., None])[..., 0]  # (B, L'-1)
+        return (picked * valid).sum(dim=1), valid.sum(dim=1)
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        total, count = self.token_log_likelihood(self.model.encode_image(batch["images"]), batch["text"])
+        return {"loss": -total.sum() / count.sum()}
+
+    @torch.no_grad()
+    def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        image_embedding = self.model.encode_image(images)  # (N, E)
+        scores = torch.zeros(len(images), len(classnames), device=images.device)
+        for c, name in enumerate(classnames):
+            tokens = _tokenize([t.format(name) for t in templates], self.model.context_length).to(
+                images.device
+            )
+            for prompt in tokens:  # (L,)
+                total, _ = self.token_log_likelihood(image_embedding, prompt.expand(len(images), -1))
+                scores[:, c] += total / len(templates)
+        return scores
+
+
+class SupervisedObjective(nn.Module):
+    """Cross-entropy on the labels through a linear head on the image embedding (the robustness baseline)."""
+
+    def __init__(self, model: nn.Module, num_classes: int):
+        super().__init__()
+        self.model = model
+        self.head = nn.Linear(model.config.embed_dim, num_classes)
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"loss": F.cross_entropy(self.head(self.model.encode_image(batch["images"])), batch["labels"])}
+
+    @torch.no_grad()
+    def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        if len(classnames) != self.head.out_features:
+            raise ValueError(
+                f"supervised head has {self.head.out_features} classes, asked for {len(classnames)}"
+            )
+        return self.head(self.model.encode_image(images))
+
+
+def build_objective(
+    name: str, model: nn.Module, classnames: Sequence[str], templates: Sequence[str]
+) -> nn.Module:
+    """One of OBJECTIVES around `model`; the vocabulary comes from the training captions."""
+    if name == "contrastive":
+        return ContrastiveScorer(model)
+    if name == "supervised":
+        return SupervisedObjective(model, len(classnames))
+    vocab = caption_vocabulary(classnames, templates, model.context_length)
+    if name == "bag-of-words":
+        return BagOfWordsObjective(model, vocab)
+    if name == "captioning":
+        return CaptioningObjective(model, vocab)
+    raise ValueError(f"objective {name!r}: valid objectives are {', '.join(OBJECTIVES)}")
+
+
+@torch.no_grad()
+def accuracy(
+    objective: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 500,
+) -> float:
+    """Top-1 of `objective.class_scores` on preprocessed images (N, 3, S, S); eval mode, restored afterwards."""
+    was_training = objective.training
+    objective.eval()
+    try:
+        correct = 0
+        for start in range(0, len(images), batch_size):
+            scores = objective.class_scores(images[start : start + batch_size], classnames, templates)
+            correct += int((scores.argmax(dim=1).cpu() == labels[start : start + batch_size]).sum())
+    finally:
+        objective.train(was_training)
+    return correct / max(len(images), 1)

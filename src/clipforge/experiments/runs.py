@@ -1,0 +1,213 @@
+"""One training run per objective: same image encoder, same data order, same images seen; cached on disk.
+
+`train_objective(name, settings)` trains with `clipforge.train.fit` on template captions of a labelled set
+(the CIFAR-10 demo's recipe), records validation accuracy against images seen (validation = training images
+held out by a seeded permutation, never the test split) and keeps the weights in `settings.cache_dir`, keyed
+by the settings, so a later experiment reuses the run instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clipforge.data import (
+    DEFAULT_TEMPLATES,
+    LabelledArrays,
+    LabelledTensors,
+    open_labelled_dataset,
+    to_eval_tensors,
+)
+
+TRAIN_TEMPLATES = DEFAULT_TEMPLATES  # the captions every objective trains on
+CURVE_TEMPLATES = ("a photo of a {}.",)  # validation curves: one prompt (captioning scores cost per prompt)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that decides a training run (its cache key)."""
+
+    data: str = "../shared/data/cifar10"  # train + test splits, any layout open_labelled_dataset reads
+    model: str = "demo-cifar"  # image encoder (and text tower / decoder size) from clipforge.models.PRESETS
+    train_images: int | None = None  # a seeded random N of the training images (None: all)
+    val_images: int = 500  # held out of the training images for the curves
+    test_images: int | None = None  # a seeded random N of the test images (None: all)
+    epochs: float = 6.0
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    eval_points: int = 6
+    seed: int = 0
+    cache_dir: str = "runs/experiments"
+    progress: bool = True
+
+    def key(self, objective: str) -> str:
+        fields = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "progress", "test_images")}
+        digest = hashlib.sha256(json.dumps([objective, fields], sort_keys=True).encode()).hexdigest()[:12]
+        return f"{objective}-{digest}"
+
+
+SMOKE = dict(train_images=384, val_images=128, test_images=200, epochs=1.0, batch_size=64, warmup_steps=2,
+             eval_points=2)  # fmt: skip
+
+
+def smoke_settings(settings: RunSettings) -> RunSettings:
+    return replace(settings, **SMOKE)
+
+
+@dataclass
+class Splits:
+    train: LabelledArrays
+    val: LabelledTensors
+    test: LabelledTensors
+    test_arrays: LabelledArrays  # uint8, for shifted copies
+
+
+def load_splits(settings: RunSettings, image_size: int) -> Splits:
+    """(train arrays, validation tensors, test tensors); validation is a seeded subset of the train split."""
+    kwargs = dict(progress=settings.progress, num_workers=1)
+    train = open_labelled_dataset(settings.data, "train", **kwargs)
+    test = open_labelled_dataset(settings.data, "test", **kwargs)
+    if settings.train_images is not None:  # files are often sorted by class: a seeded random subset
+        train = _subset(train, _random_subset(len(train), settings.train_images, settings.seed))
+    if not 0 < settings.val_images < len(train):
+        raise ValueError(f"RunSettings.val_images={settings.val_images}: must be in (0, {len(train)})")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
+    keep, held = order[settings.val_images :].sort().values, order[: settings.val_images].sort().values
+    if settings.test_images is not None:
+        test = _subset(test, _random_subset(len(test), settings.test_images, settings.seed))
+    return Splits(
+        _subset(train, keep),
+        to_eval_tensors(_subset(train, held), image_size),
+        to_eval_tensors(test, image_size),
+        test,
+    )
+
+
+def _random_subset(total: int, count: int, seed: int) -> torch.Tensor:
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed + 1))
+    return order[: min(count, total)].sort().values
+
+
+def _subset(data: LabelledArrays, index: torch.Tensor) -> LabelledArrays:
+    return LabelledArrays(data.images[index], data.labels[index], data.classes, data.source)
+
+
+class _FitData:
+    """`ArrayLoader` -> fit's TrainData protocol."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.samples_per_epoch = loader.sampler.samples_per_rank
+
+    def batches(self, epoch: int, offset: int):
+        self.loader.set_position(epoch, offset)
+        yield from self.loader
+
+
+def _train_config(settings: RunSettings, total_steps: int, epochs: int, output_dir: Path):
+    from clipforge.train.config import (
+        CheckpointSection,
+        DataSection,
+        EvalSection,
+        LogSection,
+        ModelSection,
+        OptimSection,
+        TrainConfig,
+    )
+
+    return TrainConfig(
+        model=ModelSection(name=settings.model),
+        data=DataSection(kind="custom", batch_size=settings.batch_size),
+        optim=OptimSection(
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            warmup_steps=min(settings.warmup_steps, total_steps),
+        ),
+        checkpoint=CheckpointSection(keep_last=1, best_metric="none", every_steps=10**9),
+        log=LogSection(every_steps=10, progress=settings.progress, plot=False),
+        eval=EvalSection(zeroshot_every_steps=max(1, total_steps // max(settings.eval_points, 1))),
+        output_dir=str(output_dir),
+        epochs=epochs,
+        max_steps=total_steps,
+        seed=settings.seed,
+        device="cpu",
+        precision="fp32",
+    )
+
+
+def new_objective(name: str, settings: RunSettings, classes: list[str]) -> nn.Module:
+    from clipforge.experiments.objectives import build_objective
+    from clipforge.models import CLIP, get_config
+
+    torch.manual_seed(settings.seed)
+    return build_objective(name, CLIP(get_config(settings.model)), classes, TRAIN_TEMPLATES)
+
+
+def train_objective(name: str, settings: RunSettings, splits: Splits | None = None) -> tuple[nn.Module, dict]:
+    """(trained objective in eval mode, run record {"curve": [{images_seen, val_top1}], ...}); cached."""
+    from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
+    from clipforge.experiments.objectives import accuracy
+    from clipforge.train import fit
+
+    folder = Path(settings.cache_dir) / settings.key(name)
+    image_size = _image_size(settings)
+    splits = splits or load_splits(settings, image_size)
+    classes = list(splits.train.classes)
+    objective = new_objective(name, settings, classes)
+    if (folder / "run.json").exists():
+        objective.load_state_dict(torch.load(folder / "objective.pt", weights_only=True))
+        return objective.eval(), json.loads((folder / "run.json").read_text())
+    loader = labelled_loader(
+        splits.train,
+        LabelledLoaderConfig(
+            batch_size=settings.batch_size, seed=settings.seed, context_length=objective.model.context_length,
+            templates=TRAIN_TEMPLATES,
+        ),
+    )  # fmt: skip
+    data = _FitData(loader)
+    steps = max(1, round(settings.epochs * data.samples_per_epoch / settings.batch_size))
+    epochs = math.ceil(steps * settings.batch_size / data.samples_per_epoch)
+
+    def val_eval(_model: nn.Module) -> dict[str, float]:
+        return {
+            "zeroshot_top1": accuracy(
+                objective, splits.val.images, splits.val.labels, classes, TRAIN_TEMPLATES
+            )
+        }
+
+    curve = [{"images_seen": 0, "val_top1": val_eval(objective.model)["zeroshot_top1"]}]
+    trained = fit(
+        _train_config(settings, steps, epochs, folder / "train"), model=objective.model, train_data=data,
+        objective=objective, zeroshot=val_eval,
+    )  # fmt: skip
+    curve += [{"images_seen": e["images_seen"], "val_top1": e["zeroshot_top1"]} for e in trained["evals"]]
+    record: dict[str, Any] = {
+        "objective": name,
+        "curve": curve,
+        "images_seen": trained["images_seen"],
+        "steps": trained["steps"],
+        "train_wall_time_s": round(trained["wall_time_s"], 1),
+        "final_loss": trained["final_loss"],
+        "train_images": len(splits.train),
+        "val_images": len(splits.val.labels),
+        "settings": asdict(settings),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(objective.state_dict(), folder / "objective.pt")
+    (folder / "run.json").write_text(json.dumps(record, indent=1))
+    return objective.eval(), record
+
+
+def _image_size(settings: RunSettings) -> int:
+    from clipforge.models import get_config
+
+    return get_config(settings.model).vision.image_size
