@@ -140,6 +140,16 @@ PRESETS: dict[str, CLIPConfig] = {
         activation="gelu",
         preprocess=PreprocessConfig(image_size=64),
     ),
+    # The CIFAR-10 demo (`clipforge demo`, docs/demo.md): ~0.1 GFLOPs per training sample at 32x32, a short
+    # text context (template captions are <= 12 tokens) and the full BPE vocabulary, so that clipforge.tokenize
+    # and every other command work on its checkpoint unchanged.
+    "demo-cifar": CLIPConfig(
+        embed_dim=128,
+        vision=VisionConfig(kind="resnet", image_size=32, width=32, layers=(1, 1, 1, 1), heads=8),
+        text=TextConfig(context_length=16, width=128, heads=2, layers=2),
+        activation="gelu",
+        preprocess=PreprocessConfig(image_size=32),
+    ),
 }
 
 OPENAI_PRESETS = (
