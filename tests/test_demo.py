@@ -70,3 +70,14 @@ def test_demo_smoke_end_to_end(shared_data, tmp_path, capsys):
     images = torch.randn(2, 3, 32, 32)
     assert results["zeroshot_top1"] == saved["zeroshot_top1"]
     assert model.encode_image(images).shape == (2, 128)
+
+
+def test_shards_without_test_split_are_refused(shared_data):
+    """WebDataset training shards have no test split: evaluating on them would score training images."""
+    from clipforge.demo import DemoConfig, load_data
+
+    shards = shared_data / "cifar10-wds"
+    if not shards.is_dir():
+        pytest.skip(f"{shards} not present")
+    with pytest.raises(ValueError, match="no separate test split"):
+        load_data(DemoConfig(data=str(shards), test_data=None, progress=False))

@@ -108,9 +108,18 @@ def split_validation(data: LabelledArrays, count: int, seed: int) -> tuple[Label
 
 def load_data(config: DemoConfig) -> tuple[LabelledArrays, LabelledArrays]:
     """(train, test) as uint8 arrays; both must name the same classes in the same order."""
+    from clipforge.data import detect_layout
+
     kwargs = dict(cache_dir=config.cache_dir, progress=config.progress)
+    test_path = config.test_data or config.data
+    test_layout = detect_layout(test_path, "test")
+    if test_layout[0] != "cifar" and test_layout == detect_layout(config.data, "train"):  # pickles hold both
+        raise ValueError(
+            f"DemoConfig.test_data: {test_path} has no separate test split (its 'test' would be the training "
+            "images); pass --test-data, e.g. ../shared/data/cifar10 or cifar-10-python.tar.gz"
+        )
     train = open_labelled_dataset(config.data, "train", **kwargs)
-    test = open_labelled_dataset(config.test_data or config.data, "test", **kwargs)
+    test = open_labelled_dataset(test_path, "test", **kwargs)
     if train.classes != test.classes:
         raise ValueError(
             f"class names differ: train ({train.source}) {train.classes} vs test ({test.source}) {test.classes}"

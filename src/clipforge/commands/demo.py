@@ -15,7 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="DemoConfig key=value overrides (after --config)")
     parser.add_argument("--config", help="YAML file of DemoConfig fields (e.g. configs/demo.yaml)")
     parser.add_argument("--data", help="training images: WebDataset shards, CIFAR python, CSV or ImageFolder")
-    parser.add_argument("--test-data", help="test images (default ../shared/data/cifar10; its test split)")
+    parser.add_argument(
+        "--test-data",
+        help="test images (default: --data if given, else ../shared/data/cifar10; its test split)",
+    )
     parser.add_argument("--out", help="output folder (default runs/demo)")
     parser.add_argument(
         "--minutes", type=float, help="wall-clock budget; 0 = no budget, train the full recipe"
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(DemoConfig, args.config, args.overrides)
     if args.smoke:
         config = smoke_config(config)
-    flags = {"data": args.data, "test_data": args.test_data, "output_dir": args.out}
+    test_data = args.test_data or args.data  # a download (CIFAR python, ImageFolder) carries its test split
+    flags = {"data": args.data, "test_data": test_data, "output_dir": args.out}
     config = replace(config, **{k: v for k, v in flags.items() if v is not None})
     if args.minutes is not None:
         config = replace(config, minutes=args.minutes or None)  # 0: no budget
