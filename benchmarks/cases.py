@@ -1,7 +1,12 @@
 """One benchmark case in a fresh process: `python -m benchmarks.cases CASE LIB WEIGHTS_DIR` -> one JSON line.
 
 Fresh processes give each library a clean peak-RSS figure; all libraries load the same random weights
-(written once by benchmarks.run into WEIGHTS_DIR in each library's own format)."""
+(written once by benchmarks.weights into WEIGHTS_DIR in each library's own format). With `--save PATH` the
+case's outputs (features, or the training losses) are saved so that benchmarks.run can check they are equal.
+
+CASE = kind:model:batch, kind one of image, text-coco, text-77, train. LIB = clipforge, open_clip,
+transformers (text: padding to the longest in each batch, its default with padding=True) or
+transformers-max77 (padding="max_length", like open_clip and OpenAI)."""
 
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ import random
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from benchmarks.harness import peak_rss_mb, time_fn, timing_dict
 
 SHARED = Path(
     os.environ.get("CLIPFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
+TEXT_BATCH = 128  # every library encodes texts in batches of this many
 
 
 def coco_captions(n: int, seed: int = 0) -> list[str]:
@@ -32,76 +39,106 @@ def worst_case_texts(n: int) -> list[str]:
     return [" ".join(["photograph"] * 120)] * n  # truncated to 77 tokens
 
 
+def template_captions(n: int, seed: int = 0) -> list[str]:
+    """The demo's training captions: CIFAR-10 class names in prompt templates."""
+    from clipforge.data import DEFAULT_TEMPLATES
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    rng = random.Random(seed)
+    return [rng.choice(DEFAULT_TEMPLATES).format(rng.choice(classes)) for _ in range(n)]
+
+
 # --- model loading: each library from its own file format -------------------------------------------------
 
 
-def load_model(lib: str, model_name: str, weights: Path):
-    if lib.startswith("clipforge"):
+def load_model(lib: str, model_name: str, weights: Path, inference: bool):
+    meta = json.loads((weights / f"{model_name}.json").read_text())
+    if lib == "clipforge":
         from clipforge.checkpoints import load_any
         from clipforge.models.inference import optimize_for_inference
 
-        model = load_any(weights / f"{model_name}.safetensors").eval()
-        return optimize_for_inference(model) if lib != "clipforge-train" else model
+        model = load_any(weights / f"{model_name}.safetensors")
+        return optimize_for_inference(model, inplace=True) if inference else model.train()
     if lib == "open_clip":
         import open_clip
 
-        model = open_clip.create_model(
-            f"{model_name}-quickgelu", pretrained=str(weights / f"{model_name}.openai.pt")
-        )
-        return model.eval()
-    if lib == "transformers":
+        if meta.get("open_clip_cfg"):  # not an open_clip preset (the demo): same architecture from its config
+            model = open_clip.CLIP(**meta["open_clip_cfg"])
+            missing, unexpected = model.load_state_dict(torch.load(weights / f"{model_name}.openai.pt"))
+            if missing or unexpected:
+                raise RuntimeError(f"open_clip {model_name}: missing {missing}, unexpected {unexpected}")
+        else:
+            model = open_clip.create_model(
+                f"{model_name}-quickgelu", pretrained=str(weights / f"{model_name}.openai.pt")
+            )
+        return model.eval() if inference else model.train()
+    if lib.startswith("transformers"):
         from transformers import CLIPModel
 
-        return CLIPModel.from_pretrained(weights / f"{model_name}-hf").eval()
-    raise ValueError(f"unknown library {lib!r}")
+        model = CLIPModel.from_pretrained(weights / f"{model_name}-hf")
+        return model.eval() if inference else model.train()
+    raise ValueError(
+        f"unknown library {lib!r}; valid: clipforge, open_clip, transformers, transformers-max77"
+    )
 
 
-def tokenize(lib: str, texts: list[str], weights: Path):
-    if lib.startswith("clipforge"):
+def tokenize(lib: str, texts: list[str], weights: Path, context_length: int = 77):
+    if lib == "clipforge":
         import clipforge
 
-        return clipforge.tokenize(texts, truncate=True)
+        return clipforge.tokenize(texts, context_length=context_length, truncate=True)
     if lib == "open_clip":
         import open_clip
 
-        return open_clip.tokenize(texts)
+        return open_clip.tokenize(texts, context_length=context_length)
     from transformers import CLIPTokenizerFast
 
     tok = CLIPTokenizerFast.from_pretrained(weights / "hf-tokenizer")
-    return tok(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    padding = "max_length" if lib == "transformers-max77" else True  # True = longest in the batch
+    return tok(texts, padding=padding, truncation=True, max_length=context_length, return_tensors="pt")
 
 
-def encode_image_fn(lib: str, model, images):
-    if lib == "transformers":
-        return lambda: model.get_image_features(pixel_values=images)
-    if lib.startswith("clipforge"):
+def _features(out) -> Tensor:
+    return out if isinstance(out, Tensor) else out.pooler_output  # transformers 5 returns a model output
+
+
+def encode_image_fn(lib: str, model, images: Tensor):
+    if lib.startswith("transformers"):
+        return lambda: _features(model.get_image_features(pixel_values=images))
+    if lib == "clipforge":
         images = images.contiguous(memory_format=torch.channels_last)
     return lambda: model.encode_image(images)
 
 
-def encode_text_fn(lib: str, model, texts: list[str], weights: Path, batch_size: int):
-    if lib.startswith("clipforge"):
+def encode_text_fn(lib: str, model, texts: list[str], weights: Path):
+    """(full run, warm-up on the first batch only): each library in batches of TEXT_BATCH texts."""
+    if lib == "clipforge":
         from clipforge.encode import encode_tokens
 
         tokens = tokenize(lib, texts, weights)
-        return lambda: encode_tokens(model, tokens, batch_size=batch_size, normalize=False)
-    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-    if lib == "open_clip":
-        tokens = [tokenize(lib, b, weights) for b in batches]
-        return lambda: [model.encode_text(t) for t in tokens]
+        return (
+            lambda: encode_tokens(model, tokens, batch_size=TEXT_BATCH, normalize=False),
+            lambda: encode_tokens(model, tokens[:TEXT_BATCH], batch_size=TEXT_BATCH, normalize=False),
+        )
+    batches = [texts[i : i + TEXT_BATCH] for i in range(0, len(texts), TEXT_BATCH)]
     encoded = [tokenize(lib, b, weights) for b in batches]
-    return lambda: [model.get_text_features(**e) for e in encoded]
+    if lib == "open_clip":
+        run = lambda: torch.cat([model.encode_text(t) for t in encoded])  # noqa: E731
+        return run, lambda: model.encode_text(encoded[0])
+    run = lambda: torch.cat([_features(model.get_text_features(**e)) for e in encoded])  # noqa: E731
+    return run, lambda: model.get_text_features(**encoded[0])
 
 
-def train_step_fn(lib: str, model, images, texts: list[str], weights: Path):
+def train_step_fn(lib: str, model, images: Tensor, texts: list[str], weights: Path, context_length: int):
+    """One AdamW step of the symmetric contrastive loss; returns the loss before the update."""
     import torch.nn.functional as F
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    tokens = tokenize(lib, texts, weights)
+    tokens = tokenize(lib, texts, weights, context_length)
     labels = torch.arange(images.shape[0])
 
-    def step():
+    def step() -> float:
         if lib == "open_clip":
             image_f, text_f, scale = model(images, tokens)[:3]
         else:
@@ -112,37 +149,47 @@ def train_step_fn(lib: str, model, images, texts: list[str], weights: Path):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return float(loss)
 
     return step
 
 
-def run_case(case: str, lib: str, weights: Path, repeats: int) -> dict:
+def run_case(case: str, lib: str, weights: Path, repeats: int, save: Path | None = None) -> dict:
     kind, model_name, batch = case.split(":")
     batch = int(batch)
-    torch.manual_seed(0)
-    if kind == "train":
-        model = load_model(
-            "clipforge-train" if lib.startswith("clipforge") else lib, model_name, weights
-        ).train()
-    else:
-        model = load_model(lib, model_name, weights)
-    size = json.loads((weights / f"{model_name}.json").read_text())["image_size"]
-    images = torch.randn(batch, 3, size, size)
+    meta = json.loads((weights / f"{model_name}.json").read_text())
+    model = load_model(lib, model_name, weights, inference=kind != "train")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, meta["image_size"], meta["image_size"], generator=generator)
+    outputs: list = []
+    warmup_fn = None
     if kind == "image":
-        fn, items = encode_image_fn(lib, model, images), batch
+        encode = encode_image_fn(lib, model, images)
+        fn = lambda: outputs.append(encode())  # noqa: E731
     elif kind in ("text-coco", "text-77"):
         texts = coco_captions(batch) if kind == "text-coco" else worst_case_texts(batch)
-        fn, items = encode_text_fn(lib, model, texts, weights, batch_size=256), batch
+        encode, warmup_fn = encode_text_fn(lib, model, texts, weights)
+        fn = lambda: outputs.append(encode())  # noqa: E731
     elif kind == "train":
-        fn, items = train_step_fn(lib, model, images, coco_captions(batch), weights), batch
+        texts = coco_captions(batch) if meta["context_length"] == 77 else template_captions(batch)
+        step = train_step_fn(lib, model, images, texts, weights, meta["context_length"])
+        fn = lambda: outputs.append(step())  # noqa: E731
     else:
-        raise ValueError(f"unknown case kind {kind!r}")
+        raise ValueError(f"case {case!r}: kind must be image, text-coco, text-77 or train")
     if kind == "train":
         timing = time_fn(fn, repeats=repeats, warmup=1)
     else:
         with torch.inference_mode():
-            timing = time_fn(fn, repeats=repeats, warmup=1)
-    return {"case": case, "lib": lib, **timing_dict(timing, items), "peak_rss_mb": round(peak_rss_mb(), 1)}
+            timing = time_fn(fn, repeats=repeats, warmup=1, warmup_fn=warmup_fn)
+    if save is not None:  # features of the first timed call; the loss of every step for training
+        torch.save(torch.tensor(outputs) if kind == "train" else outputs[0].detach().float(), save)
+    return {
+        "case": case,
+        "lib": lib,
+        "threads": torch.get_num_threads(),
+        **timing_dict(timing, batch),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def main() -> None:
@@ -152,9 +199,10 @@ def main() -> None:
     parser.add_argument("weights", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps(run_case(args.case, args.lib, args.weights, args.repeats)))
+    print(json.dumps(run_case(args.case, args.lib, args.weights, args.repeats, args.save)))
 
 
 if __name__ == "__main__":

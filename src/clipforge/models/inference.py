@@ -41,15 +41,25 @@ def _fold_resnet(visual: ModifiedResNet) -> None:
         setattr(owner, bn_name, nn.Identity())
 
 
-def optimize_for_inference(model: CLIP, channels_last: bool = True) -> CLIP:
-    """An eval-only copy: ResNet BatchNorms folded into convs and channels-last memory layout.
+def optimize_for_inference(
+    model: CLIP, channels_last: bool = True, inplace: bool = False, compile: bool = False
+) -> CLIP:
+    """An eval-only model: ResNet BatchNorms folded into convs, channels-last memory layout, and optionally
+    both towers compiled with `torch.compile` (slow first call per input shape; needs a C++ compiler on CPU).
 
-    The copy's state_dict no longer matches the checkpoint format: keep the original for saving/training."""
-    model = copy.deepcopy(model).eval()
+    Its state_dict no longer matches the checkpoint format: keep the original for saving/training. By default
+    the model is copied; `inplace=True` rewrites `model` itself (half the peak memory when the original is not
+    needed any more)."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     if isinstance(model.visual, ModifiedResNet):
         _fold_resnet(model.visual)
         if channels_last:
             model.visual.to(memory_format=torch.channels_last)
+    if compile:
+        model.visual.compile(dynamic=False)
+        model.text.compile(dynamic=True)  # trimmed texts have a new length almost every batch
     return model

@@ -33,11 +33,12 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(OrderedDict(pool=pool, conv=conv, bn=bn))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        # In-place ReLU/add (no new activation tensors): neither BatchNorm nor conv backward needs its output.
+        out = F.relu_(self.bn1(self.conv1(x)))
+        out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(self.avgpool(out)))  # (B, 4P, H/s, W/s)
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        return F.relu_(out.add_(identity))
 
 
 class AttentionPool2d(nn.Module):
@@ -105,9 +106,9 @@ class ModifiedResNet(nn.Module):
         return self.attnpool.c_proj.in_features
 
     def trunk(self, images: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, 32W, H/32, W/32)
-        x = F.relu(self.bn1(self.conv1(images)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = F.relu(self.bn3(self.conv3(x)))
+        x = F.relu_(self.bn1(self.conv1(images)))
+        x = F.relu_(self.bn2(self.conv2(x)))
+        x = F.relu_(self.bn3(self.conv3(x)))
         x = self.avgpool(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 

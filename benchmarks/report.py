@@ -1,0 +1,115 @@
+"""The issue's targets checked against one `make bench` report, and its Markdown summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clipforge.results import markdown_table
+
+COLUMNS = [
+    "case",
+    "lib",
+    "items_per_s",
+    "min_s",
+    "max_s",
+    "repeats",
+    "peak_rss_mb",
+    "clipforge_speedup",
+    "max_abs_diff",
+    "gflops_per_s",
+    "fraction_of_peak",
+]
+
+
+def _row(report: dict, case: str, lib: str) -> dict | None:
+    return next((r for r in report["rows"] if r["case"] == case and r["lib"] == lib), None)
+
+
+def _target(name: str, value: float | None, goal: float, detail: str = "") -> dict[str, Any]:
+    met = value is not None and value >= goal
+    shown = None if value is None else round(value, 3)
+    return {"target": name, "measured": shown, "goal": f">= {goal}", "met": met, "detail": detail}
+
+
+def targets(report: dict) -> list[dict[str, Any]]:
+    """Issue #7's ratio targets (only those whose cases ran)."""
+    out: list[dict[str, Any]] = []
+    speedups = [
+        ("text-coco:ViT-B-32:256", "open_clip", 3.0, "text on real captions vs open_clip"),
+        (
+            "text-coco:ViT-B-32:256",
+            "transformers",
+            3.0,
+            "text on real captions vs transformers (pad longest)",
+        ),
+        (
+            "text-coco:ViT-B-32:256",
+            "transformers-max77",
+            3.0,
+            "text on real captions vs transformers (pad 77)",
+        ),
+        ("train:ViT-B-32:16", "open_clip", 1.3, "training step ViT-B/32 vs open_clip"),
+        ("train:demo-cifar:512", "open_clip", 1.3, "training step demo-cifar vs open_clip"),
+        ("image:RN50:32", "open_clip", 1.2, "RN50 image encoding vs open_clip"),
+        ("image:ViT-B-32:32", "open_clip", 1.0, "ViT-B/32 image encoding vs open_clip"),
+    ]
+    for case, lib, goal, name in speedups:
+        row = _row(report, case, lib)
+        if row:
+            out.append(
+                _target(name, row["clipforge_speedup"], goal, f"{case}, max_abs_diff {row['max_abs_diff']}")
+            )
+    vit = _row(report, "image:ViT-B-32:32", "clipforge")
+    if vit:
+        out.append(_target("ViT-B/32 image FLOP/s / matmul peak", vit["fraction_of_peak"], 0.85, "batch 32"))
+    tokenizer = {r["library"]: r for r in report["pipeline"]["tokenizer"]}
+    for lib, goal in (("open_clip.tokenize", 5.0), ("transformers CLIPTokenizerFast (1 thread)", 2.0)):
+        row = tokenizer[lib]
+        out.append(
+            _target(f"tokenizer vs {lib}", row["clipforge_speedup"], goal, row["rows_identical_to_open_clip"])
+        )
+    demo = _row(report, "train:demo-cifar:512", "clipforge")
+    if demo:
+        supply = report["pipeline"]["loader"]["images_per_s"]
+        detail = f"loader {supply} img/s vs demo step {demo['items_per_s']} img/s"
+        out.append(_target("data loading / demo consumption", supply / demo["items_per_s"], 2.0, detail))
+    worst = None
+    for row in report["rows"]:
+        ref = _row(report, row["case"], "open_clip")
+        if row["lib"] == "clipforge" and ref:
+            ratio = ref["peak_rss_mb"] / row["peak_rss_mb"]
+            if worst is None or ratio < worst[0]:
+                worst = (ratio, row["case"])
+    if worst:
+        out.append(_target("peak RSS: open_clip / clipforge (worst case)", worst[0], 1.0, worst[1]))
+    return out
+
+
+def summary_markdown(report: dict) -> str:
+    peak = report["matmul_peak"]
+    pipeline = report["pipeline"]
+    preprocess = [{"library": k, **v} for k, v in pipeline["preprocess"]["libraries"].items()]
+    return (
+        "# clipforge benchmarks\n\n"
+        f"Machine: {report['machine']}\n\n"
+        f"fp32 matmul peak: {peak['best_gflops']} GFLOP/s (best of repeats over sizes "
+        f"{list(peak['per_size_best_gflops'])}, measured at the start ({peak['peak_gflops']}) and the end "
+        f"({peak['peak_gflops_at_end']}) of the run); a bf16 matmul takes {report['bf16_over_fp32_time_ratio']}x "
+        "the fp32 time here, so everything runs in fp32.\n\n"
+        "## Targets\n\n" + markdown_table(report["targets"], floatfmt=".3f") + "\n"
+        "## Model cases\n\n"
+        "`items_per_s` from the median of `repeats` timed calls after a warm-up; `clipforge_speedup` = clipforge "
+        "items/s / that library's; `max_abs_diff` = largest difference of its outputs from clipforge's "
+        "(features; for training, the loss of every step); `fraction_of_peak` = full-model forward FLOPs x "
+        "items/s / matmul peak. Text: every library encodes in batches of 128 pre-tokenised texts; "
+        "open_clip pads to 77 tokens, `transformers` pads to the longest text of each batch (its default with "
+        "`padding=True`), `transformers-max77` pads to 77; clipforge sorts texts by length, encodes each "
+        "batch only up to its longest text and restores the order (exact: attention is causal).\n\n"
+        + markdown_table(report["rows"], COLUMNS, floatfmt=".3f")
+        + "\n## Tokenizer (COCO captions, 1 thread)\n\n"
+        + markdown_table(pipeline["tokenizer"])
+        + f"\n## JPEG -> tensor ({pipeline['preprocess']['images']} COCO photos, 224 px)\n\n"
+        + markdown_table(preprocess)
+        + f"\n## Demo loader\n\n`labelled_loader` on CIFAR-10 (batch {pipeline['loader']['batch_size']}, "
+        f"augmentation on): {pipeline['loader']['images_per_s']} images/s.\n"
+    )

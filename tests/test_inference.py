@@ -1,0 +1,22 @@
+"""optimize_for_inference: BN folding, channels-last and in-place rewriting keep outputs equal."""
+
+import torch
+
+from clipforge.checkpoints.parity import randomize_, sample_inputs
+from clipforge.models import CLIP, get_config
+from clipforge.models.inference import optimize_for_inference
+
+
+def test_inference_copy_equals_model_and_inplace_equals_copy():
+    model = randomize_(CLIP(get_config("tiny-resnet")), seed=0).eval()
+    images, text = sample_inputs(model, batch=3)
+    with torch.no_grad():
+        expected_image, expected_text = model.encode_image(images), model.encode_text(text)
+        copy = optimize_for_inference(model)
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # original untouched
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+        torch.testing.assert_close(copy.encode_image(images), expected_image, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(copy.encode_text(text), expected_text, atol=1e-6, rtol=1e-6)
+        same = optimize_for_inference(model, inplace=True)
+        assert same is model
+        torch.testing.assert_close(same.encode_image(images), expected_image, atol=1e-5, rtol=1e-5)
