@@ -55,7 +55,7 @@ class RunSettings:
         return f"{objective}-{digest}"
 
 
-SMOKE = dict(train_images=384, val_images=128, test_images=200, epochs=1.0, batch_size=64, warmup_steps=2,
+SMOKE = dict(train_images=320, val_images=64, test_images=100, epochs=1.0, batch_size=64, warmup_steps=2,
              eval_points=2)  # fmt: skip
 
 
