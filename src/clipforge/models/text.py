@@ -9,6 +9,22 @@ from clipforge.models.config import TextConfig
 from clipforge.models.transformer import Transformer
 
 
+def length_groups(eot: Tensor, min_rows: int) -> list[Tensor]:
+    """Row indices grouped by EOT position, ascending, each group >= min_rows rows (the last may be smaller).
+    One group (all rows, input order) when the batch is smaller than 2 * min_rows."""
+    if eot.shape[0] < 2 * min_rows:
+        return [torch.arange(eot.shape[0], device=eot.device)]
+    order = torch.argsort(eot, stable=True)
+    lengths = eot[order].tolist()
+    groups, start = [], 0
+    for i in range(min_rows, len(lengths)):  # close a group at a length change once it is big enough
+        if i - start >= min_rows and lengths[i] != lengths[i - 1]:
+            groups.append(order[start:i])
+            start = i
+    groups.append(order[start:])
+    return groups
+
+
 class TextTransformer(nn.Module):
     def __init__(self, config: TextConfig, embed_dim: int, activation: str):
         super().__init__()
@@ -23,6 +39,9 @@ class TextTransformer(nn.Module):
         # Exact trimming: attention is causal and we pool at the end-of-text token, so positions after
         # the longest sequence in the batch cannot change any output. Export code switches it off.
         self.trim_to_longest = True
+        # Large batches of mixed lengths run as length-sorted groups of >= group_rows rows, each trimmed to
+        # its own longest text (rows are independent: same outputs, less padding computed).
+        self.group_rows = 32
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=config.width**-0.5)
@@ -31,8 +50,16 @@ class TextTransformer(nn.Module):
     def features(self, text: Tensor) -> Tensor:
         """End-of-text features before the projection. text: (B, L) token ids, EOT = largest id."""
         eot = text.argmax(dim=-1)  # (B,)
-        if self.trim_to_longest and not torch.jit.is_tracing():
-            text = text[:, : int(eot.max()) + 1]  # (B, L') with L' <= L
+        if not self.trim_to_longest or torch.jit.is_tracing():
+            return self._features(text, eot)
+        groups = length_groups(eot, self.group_rows)
+        if len(groups) == 1:
+            return self._features(text[:, : int(eot.max()) + 1], eot)  # (B, L') with L' <= L
+        parts = [self._features(text[index, : int(eot[index].max()) + 1], eot[index]) for index in groups]
+        order = torch.cat(groups)  # row order of torch.cat(parts)
+        return torch.cat(parts)[torch.argsort(order)]  # (B, W) back in input order
+
+    def _features(self, text: Tensor, eot: Tensor) -> Tensor:
         L = text.shape[1]
         x = self.token_embedding(text) + self.positional_embedding[:L].to(self.token_embedding.weight.dtype)
         x = self.transformer.forward_pooled(x, eot, causal=True)  # (B, W) at the EOT token
