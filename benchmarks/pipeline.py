@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     report = {
         "tokenizer": tokenizer_throughput(1000 if args.smoke else 5000, 1 if args.smoke else 3),
-        "preprocess": preprocess_throughput(10 if args.smoke else 100, 1 if args.smoke else 3),
+        "preprocess": preprocess_throughput(10 if args.smoke else 60, 1 if args.smoke else 3),
         "loader": loader_throughput(2 if args.smoke else 12),
     }
     print(json.dumps(report))

@@ -64,6 +64,8 @@ def targets(report: dict) -> list[dict[str, Any]]:
         out.append(_target("ViT-B/32 image FLOP/s / matmul peak", vit["fraction_of_peak"], 0.85, "batch 32"))
     tokenizer = {r["library"]: r for r in report["pipeline"]["tokenizer"]}
     for lib, goal in (("open_clip.tokenize", 5.0), ("transformers CLIPTokenizerFast (1 thread)", 2.0)):
+        if lib not in tokenizer:
+            continue
         row = tokenizer[lib]
         out.append(
             _target(f"tokenizer vs {lib}", row["clipforge_speedup"], goal, row["rows_identical_to_open_clip"])

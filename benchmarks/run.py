@@ -31,9 +31,9 @@ TEXT_LIBS = ["clipforge", "open_clip", "transformers", "transformers-max77"]
 # (case, libraries, repeats): case = kind:model:batch; the first library is the baseline of the ratios
 FULL_CASES = [
     ("image:ViT-B-32:32", ["clipforge", "open_clip", "transformers"], 3),
-    ("image:ViT-B-32:1", ["clipforge", "open_clip", "transformers"], 9),
+    ("image:ViT-B-32:1", ["clipforge", "open_clip", "transformers"], 5),
     ("image:RN50:32", ["clipforge", "open_clip"], 3),
-    ("image:RN50:1", ["clipforge", "open_clip"], 9),
+    ("image:RN50:1", ["clipforge", "open_clip"], 5),
     ("text-coco:ViT-B-32:256", TEXT_LIBS, 2),
     ("text-77:ViT-B-32:32", TEXT_LIBS, 3),
     ("train:ViT-B-32:16", ["clipforge", "open_clip"], 2),

@@ -20,3 +20,14 @@ def test_inference_copy_equals_model_and_inplace_equals_copy():
         same = optimize_for_inference(model, inplace=True)
         assert same is model
         torch.testing.assert_close(same.encode_image(images), expected_image, atol=1e-5, rtol=1e-5)
+
+
+def test_text_length_groups_equal_one_trimmed_batch():
+    model = randomize_(CLIP(get_config("tiny-vit")), seed=1).eval()
+    _, text = sample_inputs(model, batch=40, seed=2)
+    with torch.no_grad():
+        model.text.group_rows = 10**6  # one batch, trimmed to its longest text
+        expected = model.encode_text(text)
+        model.text.group_rows = 4  # several length groups
+        grouped = model.encode_text(text)
+    torch.testing.assert_close(grouped, expected, atol=1e-5, rtol=1e-4)  # GEMM blocking differs by rows
