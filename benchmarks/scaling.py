@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = (
         f"# Scaling\n\n![scaling]({name}.png)\n\nImage encoding ({image_name}, inference copy) vs batch size "
         f"at 1 and 2 threads; one training step ({train_name}, AdamW) vs GradCache micro-batch at a fixed "
-        "batch. Medians after a warm-up.\n\n" + markdown_table(rows)
+        "batch. Medians after a warm-up.\n\n"
+        + markdown_table(rows, ["figure", "threads", "batch", "micro_batch", "items_per_s"])
     )
     write_results(args.out, name, report, summary)
     print(summary)
