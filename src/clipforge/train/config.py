@@ -21,8 +21,14 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    kind: Literal["synthetic", "csv", "custom"] = "synthetic"  # custom: pass train_data= to fit()
-    path: str | None = None  # csv: a CSV with `path` and `caption` or `class_name` columns
+    # synthetic | csv (image path + caption/class_name table) | labelled (any labelled layout: WebDataset shards
+    # with .cls, CIFAR pickles, ImageFolder, label tables; captions from `templates`) | shards (image-caption
+    # WebDataset shards, .jpg + .txt) | custom (pass train_data= to fit())
+    kind: Literal["synthetic", "csv", "labelled", "shards", "custom"] = "synthetic"
+    path: str | None = None  # csv/labelled/shards: the file, folder, glob or shard pattern
+    templates: tuple[
+        str, ...
+    ] = ()  # labelled: caption templates ("a photo of a {}."); empty = the data defaults
     caption_template: str = "a photo of a {}."  # csv with class_name: how a label becomes a caption
     batch_size: int = 64  # pairs per optimizer step on each rank (global batch = batch_size * world size)
     accum_steps: int = 1  # micro-batches per step; the loss still sees the whole batch (GradCache)
@@ -46,6 +52,9 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class LossSection:
+    # contrastive (CLIP) | bag-of-words | captioning | supervised (the paper's comparisons, issue #9; the
+    # last three need labelled data: data.kind=labelled)
+    objective: Literal["contrastive", "bag-of-words", "captioning", "supervised"] = "contrastive"
     local_loss: bool = False  # each rank computes only its rows of the similarity matrix
     gather_with_grad: bool = True  # exact gradients across ranks (False: cheaper approximation)
     max_logit_scale: float = 100.0  # exp(logit_scale) is clamped to this after every step

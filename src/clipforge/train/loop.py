@@ -72,6 +72,8 @@ def build_train_data(config: TrainConfig, model: nn.Module, info: D.DistInfo) ->
         dataset = CsvPairs(
             data.path, image_transform(model.config.preprocess), model.context_length, data.caption_template
         )
+    elif data.kind in ("labelled", "shards"):
+        return array_loader(config, model, info)
     else:
         raise ValueError("data.kind=custom: pass train_data= to fit()")
     return IndexedLoader(
@@ -83,6 +85,39 @@ def build_train_data(config: TrainConfig, model: nn.Module, info: D.DistInfo) ->
         world_size=info.world_size,
         num_workers=data.num_workers,
     )
+
+
+def array_loader(config: TrainConfig, model: nn.Module, info: D.DistInfo):
+    """Decode-once in-memory loaders of clipforge.data: exact resume at any worker count, batched augmentation."""
+    from clipforge.data import (
+        ArrayLoader,
+        AugmentConfig,
+        EpochSampler,
+        LabelledLoaderConfig,
+        labelled_loader,
+        open_caption_shards,
+        open_labelled_dataset,
+    )
+
+    data, size = config.data, model.config.vision.image_size
+    if data.path is None:
+        raise ValueError(f"data.path is required for data.kind={data.kind}")
+    augment = AugmentConfig(
+        image_size=size, mean=model.config.preprocess.mean, std=model.config.preprocess.std
+    )
+    progress = info.is_main and config.log.progress
+    if data.kind == "shards":
+        arrays, captions = open_caption_shards(data.path, size, model.context_length, progress=progress)
+        sampler = EpochSampler(
+            len(arrays), config.seed, data.shuffle, info.rank, info.world_size, data.batch_size, True
+        )
+        return ArrayLoader(arrays, captions, sampler, augment)
+    arrays = open_labelled_dataset(data.path, "train", image_size=size, progress=progress)
+    loader_config = LabelledLoaderConfig(
+        batch_size=data.batch_size, seed=config.seed, context_length=model.context_length, augment=augment,
+        shuffle=data.shuffle, **({"templates": tuple(data.templates)} if data.templates else {}),
+    )  # fmt: skip
+    return labelled_loader(arrays, loader_config, info.rank, info.world_size)
 
 
 def build_zeroshot_eval(config: TrainConfig, model: nn.Module) -> ZeroShotEval | None:
@@ -140,9 +175,9 @@ class _Run:
         lock_towers(self.model, config.model.lock_image, config.model.lock_text)
         if config.model.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
-        self.objective = objective if objective is not None else self._default_objective()
         if train_data is None:
             train_data = build_train_data(config, self.model, info)
+        self.objective = objective if objective is not None else self._default_objective(train_data)
         self.train_data = as_train_data(train_data, config.data.batch_size)
         self.zeroshot = zeroshot if zeroshot is not None else build_zeroshot_eval(config, self.model)
         self.precision = resolve_precision(config.precision, info.device)
@@ -164,8 +199,16 @@ class _Run:
         self.last_checkpoint: Path | None = None
         self.evals: list[dict[str, float]] = []
 
-    def _default_objective(self) -> nn.Module:
+    def _default_objective(self, train_data: Any) -> nn.Module:
         loss = self.config.loss
+        if loss.objective != "contrastive":
+            from clipforge.experiments.objectives import build_objective
+
+            classes = getattr(getattr(train_data, "data", None), "classes", None)
+            templates = getattr(getattr(train_data, "captioner", None), "templates", None)
+            if not classes or not templates:
+                raise ValueError(f"loss.objective={loss.objective} needs labelled data (data.kind=labelled)")
+            return build_objective(loss.objective, self.model, classes, templates).to(self.info.device)
         return ContrastiveObjective(
             self.model,
             local_loss=loss.local_loss,
