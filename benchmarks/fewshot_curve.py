@@ -5,6 +5,7 @@ test split, mean +- std over seeds. Checks the targets: anchored >= zero-shot at
 of the plain probe at 16 shots. Writes benchmarks/results/fewshot_<dataset>.json/.md/.png.
 
     .venv/bin/python -m benchmarks.fewshot_curve --checkpoint PATH [--data cifar10=../shared/data/cifar10]
+        [--data cifar10-gray=../shared/data/cifar10]
     .venv/bin/python -m benchmarks.fewshot_curve --smoke      # random tiny model, 200 images, seconds
 """
 
@@ -40,13 +41,29 @@ def check_targets(curve: dict) -> dict:
     return checks
 
 
+SHIFTS = {"gray": "greyscale + Gaussian blur (radius 1 px at 32x32), a fixed covariate shift"}
+
+
+def shifted(transform, shift: str):
+    """The eval transform after a fixed image shift: `gray` = greyscale then a radius-1 Gaussian blur."""
+    from PIL import ImageFilter
+
+    if shift not in SHIFTS:
+        raise SystemExit(f"--data: unknown shift {shift!r}; valid suffixes: {', '.join(SHIFTS)}")
+    return lambda image: transform(image.convert("L").convert("RGB").filter(ImageFilter.GaussianBlur(1.0)))
+
+
 def run_dataset(model, transform, name: str, root: str, args) -> dict:
-    train = build_eval_dataset(name, root, "train", transform)
-    test = build_eval_dataset(name, root, "test", transform)
+    """NAME may carry a shift suffix, e.g. cifar10-gray: the same images and labels under a fixed shift."""
+    base, _, shift = name.partition("-") if name.startswith("cifar") else (name, "", "")
+    if shift:
+        transform = shifted(transform, shift)
+    train = build_eval_dataset(base, root, "train", transform)
+    test = build_eval_dataset(base, root, "test", transform)
     if args.smoke:
         train.samples, test.samples = train.samples[::25], test.samples[::10]
     try:
-        templates = get_templates(name)
+        templates = get_templates(base)
     except KeyError:
         templates = SIMPLE_TEMPLATES
     curve = run_fewshot(
@@ -57,12 +74,14 @@ def run_dataset(model, transform, name: str, root: str, args) -> dict:
         "dataset": name,
         "checkpoint": str(args.checkpoint),
         "templates": len(templates),
+        "shift": SHIFTS.get(shift, "none"),
         **curve,
         "checks": checks,
     }
     out_name = f"fewshot_{name}" + ("_smoke" if args.smoke else "")
     summary = (
         f"# Few-shot on {name} ({len(train)} train / {len(test)} test), checkpoint `{args.checkpoint}`\n\n"
+        + (f"Images under a fixed shift: {SHIFTS[shift]}.\n\n" if shift else "")
         + markdown_table(fewshot_rows(curve))
         + "\nTop-1 mean and std over seeds "
         + ", ".join(map(str, args.seeds))

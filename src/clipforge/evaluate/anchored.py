@@ -1,12 +1,18 @@
 """Few-shot adaptation that does not fall below zero-shot: a probe anchored to the zero-shot classifier.
 
-`fit_anchored_probe` (in the spirit of CLAP, Silva-Rodriguez et al. 2024, "A Closer Look at the Few-Shot
-Adaptation of Large Vision-Language Models"): class weights start at the zero-shot prototypes and are pulled back
-toward them by a per-class penalty. Its strength needs no held-out data: it is the zero-shot model's
-(Laplace-smoothed) accuracy on that class's support examples — where zero-shot already works, stay near it;
-where it fails, let the data move the class — divided by the class's number of shots, in logit units
-(s^2 ||w_c - w0_c||^2, s = the model's logit scale). The summed cross-entropy grows with the shots while the
-penalty shrinks, so one or two shots stay close to zero-shot and many shots move toward the plain probe.
+`fit_anchored_probe` (in the spirit of CLAP, Silva-Rodriguez et al., CVPR 2024): class weights start at the
+zero-shot prototypes W0 and are pulled back toward them by a per-class penalty
+
+    sum_i CE(s x_i W, y_i) + lambda * sum_c a_c s^2 ||w_c - w0_c||^2,
+
+where s is the model's logit scale and a_c the zero-shot model's Laplace-smoothed accuracy on class c's support
+examples (where zero-shot already works, stay near it; where it fails, let the data move the class). The one
+global strength lambda is chosen by cross-validation *on the support set itself* (no held-out data): folds
+hold out one shot of every class (leave-one-out at one shot), the candidates run from "infinite" (the
+zero-shot classifier, no fit) down to 1e-4, the score is the held-out cross-entropy, and the one-standard-error
+rule keeps the strongest penalty whose score is within one standard error of the best. With few shots the
+error bars are wide and the rule stays at (or near) zero-shot; as shots accumulate they shrink and the
+penalty is free to vanish, so the probe approaches a plain probe that starts from zero-shot.
 
 `cache_adapter_logits` is the training-free Tip-Adapter-style baseline: zero-shot logits plus a blend of
 similarities to the support examples.
@@ -14,26 +20,32 @@ similarities to the support examples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+ZEROSHOT = math.inf  # the candidate strength that means "keep the zero-shot classifier"
+
 
 @dataclass(frozen=True)
 class AnchoredConfig:
-    max_iter: int = 500
-    tolerance_grad: float = 1e-6
-    penalty_scale: float = 1.0  # multiplies the per-class strengths
-    shots_power: float = 1.0  # penalty ~ 1 / shots_per_class**power
+    max_iter: int = 300
+    tolerance_grad: float = 1e-7
+    strengths: tuple[float, ...] = (ZEROSHOT,) + tuple(10.0**e for e in range(4, -5, -1))  # strongest first
+    max_folds: int = 4  # folds over shots; one shot per class -> leave-one-out over examples
+    one_se_rule: bool = True
 
 
 @dataclass
 class AnchoredProbe:
     weight: Tensor  # (E, C)
     logit_scale: float
-    class_strength: Tensor  # (C,) the per-class penalty strengths used
+    class_strength: Tensor  # (C,) the per-class shape a_c
+    penalty: float  # the chosen global strength lambda (inf = zero-shot)
+    cv_loss: dict[float, tuple[float, float]] = field(default_factory=dict)  # lambda -> (mean CE, its SE)
 
     def logits(self, image_features: Tensor) -> Tensor:  # (N, E) unit features -> (N, C)
         return self.logit_scale * image_features.float() @ self.weight
@@ -44,8 +56,7 @@ def class_strengths(
 ) -> Tensor:
     """(C,) zero-shot accuracy on each class's support examples, Laplace-smoothed: (hits + 1) / (n + 2).
 
-    The smoothing keeps every class anchored (a class the zero-shot model misses on one shot still gets 1/3),
-    so no weight can run off to fit a single example."""
+    The smoothing keeps every class anchored (a class the zero-shot model misses on one shot still gets 1/3)."""
     num_classes = zeroshot_weights.shape[1]
     labels = support_labels.long().cpu()
     predictions = (support_features.float() @ zeroshot_weights.float()).argmax(-1).cpu()  # (N,)
@@ -54,43 +65,85 @@ def class_strengths(
     return ((hits + 1) / (counts + 2)).to(zeroshot_weights.device)
 
 
+def fit_anchored_weights(
+    x: Tensor, y: Tensor, w0: Tensor, logit_scale: float, penalty: Tensor, config: AnchoredConfig
+) -> Tensor:
+    """(E, C) minimiser of sum_i CE(s x_i W, y_i) + sum_c penalty_c s^2 ||w_c - w0_c||^2, by L-BFGS from W0."""
+    n, num_classes = len(y), w0.shape[1]
+    onehot = F.one_hot(y, num_classes).to(x.dtype)  # (n, C)
+    strength = penalty * logit_scale**2  # (C,)
+    weight = w0.clone()
+    optimizer = torch.optim.LBFGS(
+        [weight], max_iter=config.max_iter, tolerance_grad=config.tolerance_grad,
+        tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> Tensor:
+        # Closed-form gradient; the objective is divided by n so L-BFGS's tolerances stay meaningful.
+        log_probs = (logit_scale * x @ weight).log_softmax(-1)  # (n, C)
+        delta = weight - w0  # (E, C)
+        weight.grad = (logit_scale * x.T @ (log_probs.exp() - onehot) + 2 * strength * delta) / n
+        return (-(log_probs * onehot).sum() + (strength * delta.pow(2).sum(0)).sum()) / n
+
+    with torch.no_grad():
+        optimizer.step(closure)
+    return weight
+
+
+def shot_folds(labels: Tensor, max_folds: int) -> Tensor:
+    """(N,) fold id: an example's rank within its class modulo min(k, max_folds); with one shot per class,
+    every example is its own fold (leave-one-out)."""
+    rank = torch.zeros(len(labels), dtype=torch.long)
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        rank[idx] = torch.arange(len(idx))
+    shots = int(torch.bincount(labels).max())
+    return torch.arange(len(labels)) if shots == 1 else rank % min(shots, max_folds)
+
+
+def select_strength(
+    x: Tensor, y: Tensor, w0: Tensor, logit_scale: float, shape: Tensor, config: AnchoredConfig
+) -> tuple[float, dict[float, tuple[float, float]]]:
+    """Cross-validate lambda over the support set; returns the choice and lambda -> (mean held-out CE, SE)."""
+    folds = shot_folds(y.cpu(), config.max_folds).to(y.device)
+    scores: dict[float, tuple[float, float]] = {}
+    for strength in config.strengths:
+        losses = torch.empty(len(y), device=x.device)
+        for fold in folds.unique():
+            held, kept = folds == fold, folds != fold
+            weight = w0
+            if strength != ZEROSHOT:
+                weight = fit_anchored_weights(x[kept], y[kept], w0, logit_scale, strength * shape, config)
+            losses[held] = F.cross_entropy(logit_scale * x[held] @ weight, y[held], reduction="none")
+        scores[strength] = (float(losses.mean()), float(losses.std() / math.sqrt(len(losses))))
+    best = min(scores, key=lambda s: scores[s][0])
+    if not config.one_se_rule:
+        return best, scores
+    bound = scores[best][0] + scores[best][1]
+    return next(s for s in config.strengths if scores[s][0] <= bound), scores  # strongest within 1 SE
+
+
 def fit_anchored_probe(
     support_features: Tensor,
     support_labels: Tensor,
     zeroshot_weights: Tensor,
     logit_scale: float,
     config: AnchoredConfig = AnchoredConfig(),
+    penalty: float | None = None,
 ) -> AnchoredProbe:
-    """Minimise sum_i CE(s x_i W, y_i) + sum_c s^2 lambda_c / n_c ||w_c - w0_c||^2 from W = W0 by L-BFGS.
-
-    support_features: (N, E) unit image embeddings; zeroshot_weights: (E, C) unit columns; logit_scale: s."""
+    """Zero-shot-anchored probe on the support set. support_features: (N, E) unit image embeddings;
+    zeroshot_weights: (E, C) unit columns; logit_scale: s. penalty: lambda, or None to cross-validate it."""
     x = support_features.float()
     y = support_labels.long().to(x.device)
     w0 = zeroshot_weights.float().to(x.device).contiguous()
-    strength = config.penalty_scale * class_strengths(x, y, w0, logit_scale)  # (C,)
-    # Penalty in logit units: s^2 ||w - w0||^2 is the scale of the logit change the move can cause.
-    shots = torch.bincount(y.cpu(), minlength=w0.shape[1]).clamp(min=1).to(w0.device).float()  # (C,)
-    penalty = strength * logit_scale**2 / shots**config.shots_power  # (C,)
-    weight = w0.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [weight],
-        max_iter=config.max_iter,
-        tolerance_grad=config.tolerance_grad,
-        tolerance_change=1e-12,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        ce = F.cross_entropy(logit_scale * x @ weight, y, reduction="sum")
-        loss = ce + (penalty * (weight - w0).pow(2).sum(0)).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return AnchoredProbe(weight.detach(), float(logit_scale), strength.detach())
+    shape = class_strengths(x, y, w0, logit_scale)  # (C,)
+    cv_loss: dict[float, tuple[float, float]] = {}
+    if penalty is None:
+        penalty, cv_loss = select_strength(x, y, w0, logit_scale, shape, config)
+    weight = w0.clone()
+    if penalty != ZEROSHOT:
+        weight = fit_anchored_weights(x, y, w0, logit_scale, penalty * shape, config)
+    return AnchoredProbe(weight, float(logit_scale), shape, float(penalty), cv_loss)
 
 
 def cache_adapter_logits(
