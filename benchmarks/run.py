@@ -21,6 +21,7 @@ from tqdm import tqdm
 from benchmarks.harness import bf16_fp32_ratio, machine_info, matmul_peak_gflops, run_isolated
 from benchmarks.report import summary_markdown, targets
 from benchmarks.weights import prepare_weights
+from clipforge.fileio import atomic_write_json
 from clipforge.flops import model_gflops
 from clipforge.models import get_config
 from clipforge.results import write_results
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cases = SMOKE_CASES if args.smoke else FULL_CASES
+    name = "bench_smoke" if args.smoke else "bench"
     peak = matmul_peak_gflops(repeats=3 if args.smoke else 7)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         prepare_weights({c.split(":")[1] for c, _, _ in cases}, weights)
         for case, libs, repeats in tqdm(cases, desc="bench cases"):
             rows += run_case(case, libs, repeats, weights, args.threads)
+            partial = {"machine": machine_info(args.threads), "matmul_peak": peak, "rows": rows}
+            atomic_write_json(args.out / f"{name}_partial.json", partial)  # survives an interrupted run
     pipeline_args = ["--threads", str(args.threads)] + (["--smoke"] if args.smoke else [])
     pipeline = run_isolated("benchmarks.pipeline", pipeline_args, args.threads)
     peak_end = matmul_peak_gflops(repeats=3 if args.smoke else 7)  # the host is noisy: measure again
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     report["targets"] = targets(report)
     summary = summary_markdown(report)
-    paths = write_results(args.out, "bench_smoke" if args.smoke else "bench", report, summary)
+    paths = write_results(args.out, name, report, summary)
     print(summary)
     print(f"results: {paths['json']}")
     if not args.no_scaling:
