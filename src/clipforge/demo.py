@@ -25,6 +25,7 @@ from clipforge.data import DEFAULT_TEMPLATES, LabelledArrays, open_labelled_data
 from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
 from clipforge.evaluate.linear_probe import ProbeConfig
 from clipforge.models import CLIP, get_config
+from clipforge.train.loader import PositionedLoader
 from clipforge.train.metrics import ZeroShotEval, class_embeddings
 from clipforge.train.objectives import ContrastiveObjective
 
@@ -79,18 +80,6 @@ class DedupTextObjective(ContrastiveObjective):
         unique_text, inverse = torch.unique(batch["text"], dim=0, return_inverse=True)  # (U, L), (B,)
         text_features = self.model.encode_text(unique_text, normalize=True)[inverse]  # (B, E)
         return image_features, text_features
-
-
-class FitData:
-    """Adapts the data layer's `ArrayLoader` to `fit`'s TrainData protocol (samples_per_epoch, batches)."""
-
-    def __init__(self, loader):
-        self.loader = loader
-        self.samples_per_epoch = loader.sampler.samples_per_rank
-
-    def batches(self, epoch: int, offset: int):
-        self.loader.set_position(epoch, offset)
-        yield from self.loader
 
 
 def split_validation(data: LabelledArrays, count: int, seed: int) -> tuple[LabelledArrays, LabelledArrays]:
@@ -335,7 +324,7 @@ def _run(config: DemoConfig, start: float) -> dict[str, Any]:
     curve = [{"images_seen": 0, "val_zeroshot_top1": val_eval(model)["zeroshot_top1"], "time_s": 0.0}]
     eval_s = time.perf_counter() - eval_start
     step_s = measure_step_s(model, loader, config.batch_size)
-    data = FitData(loader)
+    data = PositionedLoader(loader, config.batch_size)
     steps, why = plan_steps(config, data.samples_per_epoch, time.perf_counter() - start, step_s, eval_s)
     epochs = math.ceil(steps * config.batch_size / data.samples_per_epoch)
     train_start = time.perf_counter()

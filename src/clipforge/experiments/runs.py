@@ -25,6 +25,7 @@ from clipforge.data import (
     open_labelled_dataset,
     to_eval_tensors,
 )
+from clipforge.train.loader import PositionedLoader
 
 TRAIN_TEMPLATES = DEFAULT_TEMPLATES  # the captions every objective trains on
 CURVE_TEMPLATES = ("a photo of a {}.",)  # validation curves: one prompt (captioning scores cost per prompt)
@@ -101,18 +102,6 @@ def _subset(data: LabelledArrays, index: torch.Tensor) -> LabelledArrays:
     return LabelledArrays(data.images[index], data.labels[index], data.classes, data.source)
 
 
-class _FitData:
-    """`ArrayLoader` -> fit's TrainData protocol."""
-
-    def __init__(self, loader):
-        self.loader = loader
-        self.samples_per_epoch = loader.sampler.samples_per_rank
-
-    def batches(self, epoch: int, offset: int):
-        self.loader.set_position(epoch, offset)
-        yield from self.loader
-
-
 def _train_config(settings: RunSettings, total_steps: int, epochs: int, output_dir: Path):
     from clipforge.train.config import (
         CheckpointSection,
@@ -173,7 +162,7 @@ def train_objective(name: str, settings: RunSettings, splits: Splits | None = No
             templates=TRAIN_TEMPLATES,
         ),
     )  # fmt: skip
-    data = _FitData(loader)
+    data = PositionedLoader(loader, settings.batch_size)
     steps = max(1, round(settings.epochs * data.samples_per_epoch / settings.batch_size))
     epochs = math.ceil(steps * settings.batch_size / data.samples_per_epoch)
 
