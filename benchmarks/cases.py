@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmarks.harness import peak_rss_mb, time_fn, timing_dict
+from benchmarks.harness import matmul_peak_gflops, peak_rss_mb, time_fn, timing_dict
 
 SHARED = Path(
     os.environ.get("CLIPFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -183,13 +183,16 @@ def run_case(case: str, lib: str, weights: Path, repeats: int, save: Path | None
             timing = time_fn(fn, repeats=repeats, warmup=1, warmup_fn=warmup_fn)
     if save is not None:  # features of the first timed call; the loss of every step for training
         torch.save(torch.tensor(outputs) if kind == "train" else outputs[0].detach().float(), save)
-    return {
+    row = {
         "case": case,
         "lib": lib,
         "threads": torch.get_num_threads(),
         **timing_dict(timing, batch),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+    if kind == "image":  # the matmul peak right beside the model's timing: the host's speed drifts
+        row["local_peak_gflops"] = matmul_peak_gflops(repeats=5)["peak_gflops"]
+    return row
 
 
 def main() -> None:

@@ -23,6 +23,11 @@ class Timing:
     min_s: float
     max_s: float
     repeats: int
+    times_s: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, times: list[float]) -> Timing:
+        return cls(statistics.median(times), min(times), max(times), len(times), tuple(times))
 
     def rate(self, items: int) -> float:
         """Items per second at the median time."""
@@ -48,7 +53,7 @@ def time_fn(
         times.append(time.perf_counter() - t0)
         if len(times) >= 50:
             break
-    return Timing(statistics.median(times), min(times), max(times), len(times))
+    return Timing.of(times)
 
 
 def matmul_peak_gflops(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 7) -> dict[str, Any]:
@@ -111,4 +116,15 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 
 def timing_dict(timing: Timing, items: int) -> dict[str, Any]:
-    return {**asdict(timing), "items_per_s": round(timing.rate(items), 3)}
+    return {**asdict(timing), "items": items, "items_per_s": round(timing.rate(items), 3)}
+
+
+def merge_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One library's rows from several processes (rounds interleaved with the other libraries, so a burst
+    of load on this noisy host hits every library alike) -> one row over all their timed calls."""
+    times = [t for row in rows for t in row["times_s"]]
+    merged = {**rows[0], **timing_dict(Timing.of(times), rows[0]["items"]), "rounds": len(rows)}
+    merged["peak_rss_mb"] = max(row["peak_rss_mb"] for row in rows)
+    if "local_peak_gflops" in rows[0]:
+        merged["local_peak_gflops"] = max(row["local_peak_gflops"] for row in rows)
+    return merged

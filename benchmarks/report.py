@@ -18,6 +18,8 @@ COLUMNS = [
     "max_abs_diff",
     "gflops_per_s",
     "fraction_of_peak",
+    "local_peak_gflops",
+    "rounds",
 ]
 
 
@@ -100,13 +102,17 @@ def summary_markdown(report: dict) -> str:
         "the fp32 time here, so everything runs in fp32.\n\n"
         "## Targets\n\n" + markdown_table(report["targets"], floatfmt=".3f") + "\n"
         "## Model cases\n\n"
-        "`items_per_s` from the median of `repeats` timed calls after a warm-up; `clipforge_speedup` = clipforge "
-        "items/s / that library's; `max_abs_diff` = largest difference of its outputs from clipforge's "
-        "(features; for training, the loss of every step); `fraction_of_peak` = full-model forward FLOPs x "
-        "items/s / matmul peak. Text: every library encodes in batches of 128 pre-tokenised texts; "
-        "open_clip pads to 77 tokens, `transformers` pads to the longest text of each batch (its default with "
-        "`padding=True`), `transformers-max77` pads to 77; clipforge sorts texts by length, encodes each "
-        "batch only up to its longest text and restores the order (exact: attention is causal).\n\n"
+        "`items_per_s` from the median of all timed calls (after a warm-up) of `rounds` fresh processes per "
+        "library, run alternately with the other libraries; `clipforge_speedup` = clipforge items/s / that "
+        "library's; `max_abs_diff` = largest difference of its outputs from clipforge's (features; for "
+        "training, the loss of every step); `gflops_per_s` = full-model forward FLOPs x items / `min_s` and "
+        "`fraction_of_peak` = that / the best matmul peak seen in the run (best-of-repeats on both sides; "
+        "`local_peak_gflops` is measured in the case's own process right after its timing). Text: every "
+        "library encodes in batches of 128 pre-tokenised texts; open_clip pads to 77 tokens, `transformers` "
+        "pads to the longest text of each batch (its default with `padding=True`), `transformers-max77` pads "
+        "to 77; clipforge packs texts that share a prefix into prefix trees computed once per node "
+        "(`clipforge.models.prefix`; exact: attention is causal, each node attends to its own prefix) and "
+        "restores the order.\n\n"
         + markdown_table(report["rows"], COLUMNS, floatfmt=".3f")
         + "\n## Tokenizer (COCO captions, 1 thread)\n\n"
         + markdown_table(pipeline["tokenizer"])

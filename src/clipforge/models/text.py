@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from clipforge.models.config import TextConfig
+from clipforge.models.prefix import PrefixPack
 from clipforge.models.transformer import Transformer
 
 
@@ -67,3 +68,13 @@ class TextTransformer(nn.Module):
 
     def forward(self, text: Tensor) -> Tensor:
         return self.features(text) @ self.text_projection  # (B, E)
+
+    def forward_packed(self, pack: PrefixPack) -> Tensor:
+        """Projected features of the texts in a shared-prefix pack, in `pack.texts` order: (T, E). Equal to
+        forward() on those texts: every node sees exactly its own prefix, at its own positions."""
+        device = self.token_embedding.weight.device
+        x = self.token_embedding(pack.tokens.to(device))  # (R, N, W)
+        x = x + self.positional_embedding[pack.positions.to(device)].to(x.dtype)
+        x = self.transformer.forward_pooled(x, pack.eot.to(device), mask=pack.mask.to(device))  # (R, Q, W)
+        x = x.reshape(-1, x.shape[-1])[pack.slots.to(device)]  # (T, W)
+        return self.ln_final(x) @ self.text_projection  # (T, E)

@@ -36,25 +36,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, causal: bool) -> Tensor:  # x: (B, L, D)
+    def forward(self, x: Tensor, causal: bool, mask: Tensor | None = None) -> Tensor:  # x: (B, L, D)
+        """mask: (B, 1, L, L) boolean, True where a query may attend a key; given, it replaces `causal`."""
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, Dh)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, L, Dh)
-        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
 
-    def forward_one(self, x: Tensor, index: Tensor, causal: bool) -> Tensor:
-        """Attention output for one query position per sample. x: (B, L, D), index: (B,) -> (B, D)."""
+    def forward_at(self, x: Tensor, index: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention output for Q query positions per sample: x (B, L, D), index (B, Q),
+        mask (B, 1, Q, L) or None -> (B, Q, D). Keys and values still come from all L positions."""
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.heads, D // self.heads)
-        rows = torch.arange(B, device=x.device)
-        q = qkv[rows, index, 0].unsqueeze(2)  # (B, H, 1, Dh)
+        rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
+        q = qkv[rows, index, 0].transpose(1, 2)  # (B, H, Q, Dh)
         k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # (B, H, L, Dh)
-        mask = None
-        if causal:  # the query at position i sees keys 0..i
-            mask = (torch.arange(L, device=x.device) <= index[:, None])[:, None, None, :]  # (B, 1, 1, L)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, Dh)
-        return self.proj(out.reshape(B, D))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Q, Dh)
+        return self.proj(out.transpose(1, 2).reshape(B, index.shape[1], D))
 
 
 class MLP(nn.Module):
@@ -76,15 +75,15 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
-    def forward(self, x: Tensor, causal: bool) -> Tensor:  # (B, L, D)
-        x = x + self.attn(self.ln_1(x), causal)
+    def forward(self, x: Tensor, causal: bool, mask: Tensor | None = None) -> Tensor:  # (B, L, D)
+        x = x + self.attn(self.ln_1(x), causal, mask)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_one(self, x: Tensor, index: Tensor, causal: bool) -> Tensor:
-        """The block's output at one position per sample: (B, L, D), (B,) -> (B, D). Equal to
-        forward(x)[rows, index] but the MLP and attention queries run on one token instead of L."""
-        rows = torch.arange(x.shape[0], device=x.device)
-        y = x[rows, index] + self.attn.forward_one(self.ln_1(x), index, causal)  # (B, D)
+    def forward_at(self, x: Tensor, index: Tensor, mask: Tensor | None) -> Tensor:
+        """The block's output at Q positions per sample: x (B, L, D), index (B, Q) -> (B, Q, D). Equal to
+        forward(x)[rows, index] but the MLP and the attention queries run on Q tokens instead of L."""
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]  # (B, 1)
+        y = x[rows, index] + self.attn.forward_at(self.ln_1(x), index, mask)  # (B, Q, D)
         return y + self.mlp(self.ln_2(y))
 
 
@@ -95,24 +94,36 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, activation) for _ in range(layers))
         self.grad_checkpointing = False
 
-    def forward(self, x: Tensor, causal: bool = False) -> Tensor:  # (B, L, D)
+    def forward(self, x: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:  # (B, L, D)
         for block in self.blocks:
-            x = self._run(block, x, causal)
+            x = self._run(block, x, causal, mask)
         return x
 
-    def forward_pooled(self, x: Tensor, index: Tensor, causal: bool = False) -> Tensor:
-        """Output at one position per sample, (B, L, D), (B,) -> (B, D): the last block runs only there."""
+    def forward_pooled(
+        self, x: Tensor, index: Tensor, causal: bool = False, mask: Tensor | None = None
+    ) -> Tensor:
+        """Outputs at chosen positions only, the last block running just there: x (B, L, D) with index (B,)
+        -> (B, D), or index (B, Q) -> (B, Q, D). mask: (B, 1, L, L) boolean attention mask (True = may
+        attend), replacing `causal`."""
         for block in self.blocks[:-1]:
-            x = self._run(block, x, causal)
+            x = self._run(block, x, causal, mask)
+        at = index[:, None] if index.dim() == 1 else index  # (B, Q)
+        if mask is not None:  # the mask rows of the query positions
+            rows = torch.arange(x.shape[0], device=x.device)[:, None]
+            mask = mask[rows, 0, at].unsqueeze(1)  # (B, 1, Q, L)
+        elif causal:  # the query at position i sees keys 0..i
+            mask = (torch.arange(x.shape[1], device=x.device) <= at[..., None]).unsqueeze(1)  # (B, 1, Q, L)
         last = self.blocks[-1]
         if self.grad_checkpointing and x.requires_grad:
-            return checkpoint(last.forward_one, x, index, causal, use_reentrant=False)
-        return last.forward_one(x, index, causal)
+            out = checkpoint(last.forward_at, x, at, mask, use_reentrant=False)
+        else:
+            out = last.forward_at(x, at, mask)  # (B, Q, D)
+        return out[:, 0] if index.dim() == 1 else out
 
-    def _run(self, block: Block, x: Tensor, causal: bool) -> Tensor:
+    def _run(self, block: Block, x: Tensor, causal: bool, mask: Tensor | None) -> Tensor:
         if self.grad_checkpointing and x.requires_grad:
-            return checkpoint(block, x, causal, use_reentrant=False)
-        return block(x, causal)
+            return checkpoint(block, x, causal, mask, use_reentrant=False)
+        return block(x, causal, mask)
 
     def init_weights(self) -> None:
         """OpenAI's init: std scaled by width and depth."""
