@@ -10,8 +10,8 @@ from clipforge.commands.experiment import main
 from clipforge.experiments.shifts import SEVERITIES, SHIFTS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# ~2 min on the shared 2-core box (four small trainings + 19 shifted evaluations): CI runs it in `make test-slow`.
-pytestmark = pytest.mark.slow
+# ~30 s on 2 quiet cores (four small trainings + 19 shifted evaluations): part of `make test`, so CI always
+# runs the three smoke modes.
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,11 @@ def test_robustness_table(smoke_results):
     assert len(rows) == 1 + len(SHIFTS) * len(SEVERITIES)
     assert rows[0]["dataset"] == "clean test" and rows[0]["effective_robustness"] == pytest.approx(0.0)
     assert rows[0]["CLIP"] == pytest.approx(smoke_results["objectives"]["final"][0]["test_top1"])
+    low, high = results["mean_over_shifts"]["effective_robustness_ci95"]
+    assert low <= results["mean_over_shifts"]["effective_robustness"] <= high
+
+
+def test_prompt_gains_carry_a_paired_interval(smoke_results):
+    for row in smoke_results["prompts"]["rows"]:
+        low, high = (float(x) for x in row["gain_ci95"].strip("[]").split(","))
+        assert low - 1e-3 <= row["test_gain_over_bare"] <= high + 1e-3

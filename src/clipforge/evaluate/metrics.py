@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -35,3 +37,20 @@ def classification_metrics(logits: Tensor, labels: Tensor) -> dict[str, float]:
         "acc5": topk_accuracy(logits, labels, 5),
         "mean_per_class_recall": mean_per_class_recall(logits, labels),
     }
+
+
+def bootstrap_ci(
+    statistic: Callable[[Tensor], float],
+    n_items: int,
+    samples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(index)` over test items resampled with replacement.
+    Paired comparisons pass one index to every model/prompt set, so item difficulty cancels out."""
+    generator = torch.Generator().manual_seed(seed)
+    values = sorted(
+        statistic(torch.randint(n_items, (n_items,), generator=generator)) for _ in range(samples)
+    )
+    tail = (1 - level) / 2
+    return values[int(tail * (samples - 1))], values[int(round((1 - tail) * (samples - 1)))]

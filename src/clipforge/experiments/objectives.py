@@ -206,6 +206,31 @@ def build_objective(
 
 
 @torch.no_grad()
+def hits(
+    objective: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 500,
+) -> Tensor:
+    """(N,) bool: top-1 of `objective.class_scores` on preprocessed images (N, 3, S, S) is right; eval mode,
+    restored afterwards."""
+    was_training = objective.training
+    objective.eval()
+    try:
+        parts = [
+            objective.class_scores(images[start : start + batch_size], classnames, templates)
+            .argmax(dim=1)
+            .cpu()
+            == labels[start : start + batch_size]
+            for start in range(0, len(images), batch_size)
+        ]
+    finally:
+        objective.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
 def accuracy(
     objective: nn.Module,
     images: Tensor,
@@ -214,14 +239,6 @@ def accuracy(
     templates: Sequence[str],
     batch_size: int = 500,
 ) -> float:
-    """Top-1 of `objective.class_scores` on preprocessed images (N, 3, S, S); eval mode, restored afterwards."""
-    was_training = objective.training
-    objective.eval()
-    try:
-        correct = 0
-        for start in range(0, len(images), batch_size):
-            scores = objective.class_scores(images[start : start + batch_size], classnames, templates)
-            correct += int((scores.argmax(dim=1).cpu() == labels[start : start + batch_size]).sum())
-    finally:
-        objective.train(was_training)
-    return correct / max(len(images), 1)
+    """Top-1 accuracy (see `hits`); 0 for no images."""
+    right = hits(objective, images, labels, classnames, templates, batch_size)
+    return float(right.float().mean()) if len(right) else 0.0

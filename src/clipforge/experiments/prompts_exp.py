@@ -27,25 +27,27 @@ def prompt_sets() -> dict[str, list[str]]:
 
 
 def run_prompts(settings: RunSettings, out_dir: str | Path) -> dict[str, Any]:
-    from clipforge.experiments.objectives import accuracy
+    from clipforge.evaluate.metrics import bootstrap_ci
+    from clipforge.experiments.objectives import accuracy, hits
     from clipforge.experiments.plotting import plot_bars
     from clipforge.results import markdown_table, write_results
 
     splits = load_splits(settings, _image_size(settings))
     classes = list(splits.train.classes)
     objective, record = train_objective("contrastive", settings, splits)
-    rows = []
+    rows, test_hits = [], []
     for name, templates in prompt_sets().items():
         row = {"prompts": name, "templates": len(templates)}
         row["val_top1"] = round(
             accuracy(objective, splits.val.images, splits.val.labels, classes, templates), 4
         )
-        row["test_top1"] = round(
-            accuracy(objective, splits.test.images, splits.test.labels, classes, templates), 4
-        )
+        test_hits.append(hits(objective, splits.test.images, splits.test.labels, classes, templates).float())
+        row["test_top1"] = round(float(test_hits[-1].mean()), 4)
         rows.append(row)
-    for row in rows:
+    for row, right in zip(rows, test_hits):
         row["test_gain_over_bare"] = round(row["test_top1"] - rows[0]["test_top1"], 4)
+        low, high = bootstrap_ci(lambda i, r=right: float(r[i].mean() - test_hits[0][i].mean()), len(right))
+        row["gain_ci95"] = f"[{low:+.3f}, {high:+.3f}]"  # paired bootstrap over the test images
     out = Path(out_dir)
     png = plot_bars(
         [r["prompts"] for r in rows],
@@ -66,7 +68,8 @@ def run_prompts(settings: RunSettings, out_dir: str | Path) -> dict[str, Any]:
         "# Prompts: bare names vs templates vs ensembles\n\n"
         f"Contrastive `{settings.model}` trained on {len(splits.train)} images x {settings.epochs:g} epochs "
         f"({record['images_seen']} images seen) with the 12 training templates as captions; "
-        f"{len(splits.test.labels)} test images.\n\n" + markdown_table(rows) + f"\n![prompts]({png.name})\n"
+        f"{len(splits.test.labels)} test images; `gain_ci95`: 95% paired bootstrap interval of the gain over "
+        "bare names (test images resampled).\n\n" + markdown_table(rows) + f"\n![prompts]({png.name})\n"
     )
     results["files"] = write_results(out, "prompts", results, summary)
     return results

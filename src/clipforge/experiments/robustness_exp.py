@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from clipforge.experiments.runs import TRAIN_TEMPLATES, RunSettings, _image_size, load_splits, train_objective
 from clipforge.experiments.shifts import SEVERITIES, SHIFTS, apply_shift
 
@@ -25,7 +27,8 @@ def effective_robustness(clip_clean: float, clip_shift: float, sup_clean: float,
 def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERITIES) -> dict[str, Any]:
     from clipforge.data import to_eval_tensors
     from clipforge.data.labelled import LabelledArrays
-    from clipforge.experiments.objectives import accuracy
+    from clipforge.evaluate.metrics import bootstrap_ci
+    from clipforge.experiments.objectives import hits
     from clipforge.experiments.plotting import plot_scatter
     from clipforge.results import markdown_table, write_results
 
@@ -35,25 +38,37 @@ def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERI
     models = {name: train_objective(name, settings, splits)[0] for name in ("supervised", "contrastive")}
     raw = splits.test_arrays
 
-    def evaluate(tensors) -> dict[str, float]:
+    def evaluate(tensors) -> dict[str, Tensor]:  # model -> (N,) float hits, the same N images for every set
         return {
-            name: round(accuracy(objective, tensors.images, tensors.labels, classes, TRAIN_TEMPLATES), 4)
+            name: hits(objective, tensors.images, tensors.labels, classes, TRAIN_TEMPLATES).float()
             for name, objective in models.items()
         }
 
-    clean = evaluate(splits.test)
-    rows = [{"dataset": "clean test", "supervised": clean["supervised"], "CLIP": clean["contrastive"]}]
+    sets = {"clean test": evaluate(splits.test)}
     for shift in SHIFTS:
         for severity in severities:
             images = apply_shift(shift, raw.images, severity, seed=settings.seed)
-            shifted = evaluate(to_eval_tensors(LabelledArrays(images, raw.labels, raw.classes), size))
-            rows.append(
-                {
-                    "dataset": f"{shift}-{severity}",
-                    "supervised": shifted["supervised"],
-                    "CLIP": shifted["contrastive"],
-                }
+            sets[f"{shift}-{severity}"] = evaluate(
+                to_eval_tensors(LabelledArrays(images, raw.labels, raw.classes), size)
             )
+
+    def mean_effective_robustness(index: Tensor) -> float:
+        acc = {name: {m: float(h[index].mean()) for m, h in per.items()} for name, per in sets.items()}
+        clean_ = acc["clean test"]
+        shifted = [a for name, a in acc.items() if name != "clean test"]
+        return sum(
+            effective_robustness(
+                clean_["contrastive"], a["contrastive"], clean_["supervised"], a["supervised"]
+            )
+            for a in shifted
+        ) / len(shifted)
+
+    rows = [
+        {"dataset": name, "supervised": round(float(per["supervised"].mean()), 4),
+         "CLIP": round(float(per["contrastive"].mean()), 4)}
+        for name, per in sets.items()
+    ]  # fmt: skip
+    clean = {"supervised": rows[0]["supervised"], "contrastive": rows[0]["CLIP"]}
     for row in rows:
         row["CLIP_minus_supervised"] = round(row["CLIP"] - row["supervised"], 4)
         row["effective_robustness"] = round(
@@ -64,6 +79,8 @@ def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERI
         key: round(sum(r[key] for r in shifted_rows) / len(shifted_rows), 4)
         for key in ("supervised", "CLIP", "effective_robustness")
     }
+    low, high = bootstrap_ci(mean_effective_robustness, len(raw), samples=1000)
+    mean["effective_robustness_ci95"] = [round(low, 4), round(high, 4)]
     out = Path(out_dir)
     png = plot_scatter(
         [{"dataset": r["dataset"], "supervised": r["supervised"], "CLIP": r["CLIP"]} for r in rows],
@@ -85,7 +102,8 @@ def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERI
         "clip_clean x supervised_shift / supervised_clean (see docs/experiments.md).\n\n"
         + markdown_table(rows)
         + f"\nMean over shifted sets: supervised {mean['supervised']}, CLIP {mean['CLIP']}, "
-        f"effective robustness {mean['effective_robustness']:+.4f}\n\n![robustness]({png.name})\n"
+        f"effective robustness {mean['effective_robustness']:+.4f} (95% paired bootstrap interval over the test "
+        f"images: [{low:+.4f}, {high:+.4f}])\n\n![robustness]({png.name})\n"
     )
     results["files"] = write_results(out, "robustness", results, summary)
     return results
