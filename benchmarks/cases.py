@@ -11,16 +11,20 @@ transformers-max77 (padding="max_length", like open_clip and OpenAI)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from benchmarks.harness import matmul_peak_gflops, peak_rss_mb, time_fn, timing_dict
+from benchmarks.harness import Timing, matmul_peak_gflops, peak_rss_mb, time_fn, timing_dict
 
 SHARED = Path(
     os.environ.get("CLIPFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -35,8 +39,12 @@ def coco_captions(n: int, seed: int = 0) -> list[str]:
     return [rng.choice(captions) for _ in range(n)]
 
 
-def worst_case_texts(n: int) -> list[str]:
-    return [" ".join(["photograph"] * 120)] * n  # truncated to 77 tokens
+def worst_case_texts(n: int, seed: int = 0) -> list[str]:
+    """n distinct texts of 120 words from the captions, truncated to 77 tokens: every position is computed
+    (distinct texts, so shared-prefix packing cannot dedupe them beyond a word or two)."""
+    words = sorted({w for c in coco_captions(2000, seed) for w in c.lower().split() if w.isalpha()})
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(120)) for _ in range(n)]
 
 
 def template_captions(n: int, seed: int = 0) -> list[str]:
@@ -154,7 +162,18 @@ def train_step_fn(lib: str, model, images: Tensor, texts: list[str], weights: Pa
     return step
 
 
-def run_case(case: str, lib: str, weights: Path, repeats: int, save: Path | None = None) -> dict:
+@dataclass
+class Built:
+    """One library's callable for a case: `call()` appends its output to `outputs`."""
+
+    call: Callable[[], None]
+    warmup: Callable[[], object] | None
+    outputs: list
+    batch: int
+    kind: str
+
+
+def build(case: str, lib: str, weights: Path) -> Built:
     kind, model_name, batch = case.split(":")
     batch = int(batch)
     meta = json.loads((weights / f"{model_name}.json").read_text())
@@ -164,48 +183,82 @@ def run_case(case: str, lib: str, weights: Path, repeats: int, save: Path | None
     outputs: list = []
     warmup_fn = None
     if kind == "image":
-        encode = encode_image_fn(lib, model, images)
-        fn = lambda: outputs.append(encode())  # noqa: E731
+        fn = encode_image_fn(lib, model, images)
     elif kind in ("text-coco", "text-77"):
         texts = coco_captions(batch) if kind == "text-coco" else worst_case_texts(batch)
-        encode, warmup_fn = encode_text_fn(lib, model, texts, weights)
-        fn = lambda: outputs.append(encode())  # noqa: E731
+        fn, warmup_fn = encode_text_fn(lib, model, texts, weights)
     elif kind == "train":
         texts = coco_captions(batch) if meta["context_length"] == 77 else template_captions(batch)
-        step = train_step_fn(lib, model, images, texts, weights, meta["context_length"])
-        fn = lambda: outputs.append(step())  # noqa: E731
+        fn = train_step_fn(lib, model, images, texts, weights, meta["context_length"])
     else:
         raise ValueError(f"case {case!r}: kind must be image, text-coco, text-77 or train")
-    if kind == "train":
-        timing = time_fn(fn, repeats=repeats, warmup=1)
-    else:
-        with torch.inference_mode():
-            timing = time_fn(fn, repeats=repeats, warmup=1, warmup_fn=warmup_fn)
+    return Built(lambda: outputs.append(fn()), warmup_fn, outputs, batch, kind)
+
+
+def _mode(kind: str):
+    return contextlib.nullcontext() if kind == "train" else torch.inference_mode()
+
+
+def run_case(case: str, lib: str, weights: Path, repeats: int, save: Path | None = None) -> dict:
+    """One library alone in this process: timing, peak RSS, outputs saved for the equality check."""
+    built = build(case, lib, weights)
+    with _mode(built.kind):
+        timing = time_fn(built.call, repeats=repeats, warmup=1, warmup_fn=built.warmup)
     if save is not None:  # features of the first timed call; the loss of every step for training
-        torch.save(torch.tensor(outputs) if kind == "train" else outputs[0].detach().float(), save)
-    row = {
+        outputs = built.outputs
+        torch.save(torch.tensor(outputs) if built.kind == "train" else outputs[0].detach().float(), save)
+    return {
         "case": case,
         "lib": lib,
         "threads": torch.get_num_threads(),
-        **timing_dict(timing, batch),
+        **timing_dict(timing, built.batch),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    if kind == "image":  # the matmul peak right beside the model's timing: the host's speed drifts
-        row["local_peak_gflops"] = matmul_peak_gflops(repeats=5)["peak_gflops"]
-    return row
+
+
+def run_interleaved(case: str, libs: list[str], weights: Path, repeats: int) -> list[dict]:
+    """All libraries in this one process, timed call by call in rotating order (A B C, B C A, ...): a change
+    in the host's speed lands on every library alike, so the ratios hold even when absolute figures drift."""
+    built = {lib: build(case, lib, weights) for lib in libs}
+    times: dict[str, list[float]] = {lib: [] for lib in libs}
+    kind = built[libs[0]].kind
+    with _mode(kind):
+        for lib in libs:
+            (built[lib].warmup or built[lib].call)()
+        for r in range(repeats):
+            for lib in libs[r % len(libs) :] + libs[: r % len(libs)]:
+                start = time.perf_counter()
+                built[lib].call()
+                times[lib].append(time.perf_counter() - start)
+                built[lib].outputs.clear()
+    rows = [
+        {"case": case, "lib": lib, "threads": torch.get_num_threads(),
+         **timing_dict(Timing.of(times[lib]), built[lib].batch)}
+        for lib in libs
+    ]  # fmt: skip
+    if kind == "image":  # the matmul peak in the same process, right after the timing
+        peak = matmul_peak_gflops(repeats=5)["peak_gflops"]
+        for row in rows:
+            row["local_peak_gflops"] = peak
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("case")
-    parser.add_argument("lib")
+    parser.add_argument(
+        "lib", help="a library, or several joined by commas: timed interleaved in one process"
+    )
     parser.add_argument("weights", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps(run_case(args.case, args.lib, args.weights, args.repeats, args.save)))
+    if "," in args.lib:
+        print(json.dumps(run_interleaved(args.case, args.lib.split(","), args.weights, args.repeats)))
+    else:
+        print(json.dumps(run_case(args.case, args.lib, args.weights, args.repeats, args.save)))
 
 
 if __name__ == "__main__":

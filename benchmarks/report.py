@@ -19,7 +19,6 @@ COLUMNS = [
     "gflops_per_s",
     "fraction_of_peak",
     "local_peak_gflops",
-    "rounds",
 ]
 
 
@@ -102,12 +101,14 @@ def summary_markdown(report: dict) -> str:
         "the fp32 time here, so everything runs in fp32.\n\n"
         "## Targets\n\n" + markdown_table(report["targets"], floatfmt=".3f") + "\n"
         "## Model cases\n\n"
-        "`items_per_s` from the median of all timed calls (after a warm-up) of `rounds` fresh processes per "
-        "library, run alternately with the other libraries; `clipforge_speedup` = clipforge items/s / that "
-        "library's; `max_abs_diff` = largest difference of its outputs from clipforge's (features; for "
-        "training, the loss of every step); `gflops_per_s` = full-model forward FLOPs x items / `min_s` and "
+        "`items_per_s` from the median of `repeats` timed calls (after a warm-up) with all libraries loaded in "
+        "one process and called in rotating order (A B C, B C A, ...), so a change in the shared host's speed "
+        "lands on all alike; `peak_rss_mb` from one more call with the library alone in a fresh process (JSON: "
+        "`alone_items_per_s`, a single noisy sample). `clipforge_speedup` = clipforge items/s / that library's; "
+        "`max_abs_diff` = largest difference of its outputs from clipforge's (features; for training, the "
+        "loss of every step); `gflops_per_s` = full-model forward FLOPs x items / `min_s` and "
         "`fraction_of_peak` = that / the best matmul peak seen in the run (best-of-repeats on both sides; "
-        "`local_peak_gflops` is measured in the case's own process right after its timing). Text: every "
+        "`local_peak_gflops` is measured in the timing process right after the timing). Text: every "
         "library encodes in batches of 128 pre-tokenised texts; open_clip pads to 77 tokens, `transformers` "
         "pads to the longest text of each batch (its default with `padding=True`), `transformers-max77` pads "
         "to 77; clipforge packs texts that share a prefix into prefix trees computed once per node "

@@ -1,7 +1,7 @@
 """`make bench`: clipforge vs open_clip vs transformers in one run, same random weights and inputs.
 
-Every case runs each library in a fresh process (clean peak RSS), twice, the libraries alternating so that
-load on this noisy host falls on all of them alike; it checks that its outputs equal clipforge's
+Every case times all libraries in one process, call by call in rotating order, so that load on this noisy
+host falls on all of them alike; then runs each library alone in a fresh process (clean peak RSS) and checks that its outputs equal clipforge's
 (max abs difference of the features, or of the training losses), and reports medians with min/max.
 Writes benchmarks/results/bench.json and bench.md (absolute figures, ratios, targets), then the scaling
 figures (benchmarks.scaling). `--smoke`: tiny cases, under a minute.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks.harness import bf16_fp32_ratio, machine_info, matmul_peak_gflops, merge_rounds, run_isolated
+from benchmarks.harness import bf16_fp32_ratio, machine_info, matmul_peak_gflops, run_isolated
 from benchmarks.report import summary_markdown, targets
 from benchmarks.weights import prepare_weights
 from clipforge.fileio import atomic_write_json
@@ -62,15 +62,16 @@ def achieved(case: str, row: dict, peak: float) -> dict:
 def run_case(
     case: str, libs: list[str], repeats: int, weights: Path, threads: int, rounds: int
 ) -> list[dict]:
-    """Every library in its own fresh process, `rounds` times, alternating the order between rounds."""
-    runs: dict[str, list[dict]] = {lib: [] for lib in libs}
-    for round_ in range(rounds):
-        for lib in libs if round_ % 2 == 0 else libs[::-1]:
-            args = [case, lib, str(weights), "--repeats", str(repeats), "--threads", str(threads)]
-            if round_ == 0:
-                args += ["--save", str(weights / f"out-{lib}.pt")]
-            runs[lib].append(run_isolated("benchmarks.cases", args, threads))
-    results = {lib: merge_rounds(rows) for lib, rows in runs.items()}
+    """Timing: all libraries in one process, call by call in rotating order, `repeats x rounds` calls each
+    (the ratios). Then each library alone in a fresh process: its peak RSS, its outputs for the equality
+    check and its timing alone (`alone_items_per_s`)."""
+    args = [case, ",".join(libs), str(weights), "--repeats", str(repeats * rounds), "--threads", str(threads)]
+    results = {row["lib"]: row for row in run_isolated("benchmarks.cases", args, threads)}
+    for lib in libs:
+        args = [case, lib, str(weights), "--repeats", "1", "--threads", str(threads)]
+        alone = run_isolated("benchmarks.cases", args + ["--save", str(weights / f"out-{lib}.pt")], threads)
+        results[lib]["peak_rss_mb"] = alone["peak_rss_mb"]
+        results[lib]["alone_items_per_s"] = alone["items_per_s"]
     reference = torch.load(weights / f"out-{libs[0]}.pt")
     base = results[libs[0]]["items_per_s"]
     for lib, row in results.items():
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny cases, under a minute")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling figures")
     parser.add_argument(
-        "--rounds", type=int, default=None, help="processes per library and case (2; smoke 1)"
+        "--rounds", type=int, default=None, help="timed calls per library = repeats x rounds (2; smoke 1)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -76,3 +76,16 @@ def test_rank_assignment_partitions_files(tmp_path):
     assert rank_from_env({}) == (0, 1)
     with pytest.raises(ValueError, match="outside"):
         rank_from_env({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+def test_undecodable_caption_is_read_then_dropped_by_reason(tmp_path):
+    from clipforge.curate.clean import CleanConfig, caption_problem
+
+    path = tmp_path / "bad.jsonl.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b'{"url": "a.jpg", "caption": "a dog on a beach"}\n')
+        f.write(b'{"url": "b.jpg", "caption": "a cat \xff\xfe on a sofa"}\n')
+    pairs = list(iter_pairs(path))  # one bad caption does not stop the file
+    assert [p.key for p in pairs] == ["bad.jsonl.gz:0", "bad.jsonl.gz:1"]
+    assert caption_problem(pairs[0].caption, CleanConfig()) is None
+    assert caption_problem(pairs[1].caption, CleanConfig()) == "caption_undecodable"

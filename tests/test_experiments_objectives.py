@@ -14,7 +14,7 @@ from clipforge.experiments.objectives import (
     build_objective,
     caption_vocabulary,
 )
-from clipforge.experiments.objectives_exp import efficiency_table, images_to_reach
+from clipforge.experiments.objectives_exp import efficiency_table, images_to_reach, mean_curve
 from clipforge.experiments.robustness_exp import effective_robustness
 from clipforge.models import CLIP, get_config
 
@@ -131,3 +131,12 @@ def test_images_to_reach_interpolates_between_evaluations():
 def test_effective_robustness_is_zero_when_both_keep_the_same_fraction():
     assert effective_robustness(0.6, 0.3, 0.8, 0.4) == pytest.approx(0.0)
     assert effective_robustness(0.6, 0.45, 0.8, 0.4) == pytest.approx(0.15)
+
+
+def test_mean_curve_averages_seeds_pointwise():
+    a = [{"images_seen": 0, "val_top1": 0.1}, {"images_seen": 100, "val_top1": 0.4}]
+    b = [{"images_seen": 0, "val_top1": 0.3}, {"images_seen": 100, "val_top1": 0.2}]
+    mean = mean_curve([a, b])
+    assert [p["images_seen"] for p in mean] == [0, 100]
+    assert [p["val_top1"] for p in mean] == pytest.approx([0.2, 0.3])
+    assert mean_curve([a]) == a

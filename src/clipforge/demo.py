@@ -159,36 +159,10 @@ def plan_steps(config: DemoConfig, samples_per_epoch: int, elapsed_s: float, ste
 
 
 def train_config(config: DemoConfig, total_steps: int, epochs: int):
-    from clipforge.train.config import (
-        CheckpointSection,
-        DataSection,
-        EvalSection,
-        LogSection,
-        ModelSection,
-        OptimSection,
-        TrainConfig,
-    )
+    from clipforge.train.config import in_memory_run
 
-    return TrainConfig(
-        model=ModelSection(name=config.model),
-        data=DataSection(kind="custom", batch_size=config.batch_size),
-        optim=OptimSection(
-            lr=config.lr, weight_decay=config.weight_decay, warmup_steps=min(config.warmup_steps, total_steps)
-        ),
-        checkpoint=CheckpointSection(keep_last=1, best_metric="none"),  # no best.pt copies mid-run
-        log=LogSection(every_steps=10, progress=config.progress, plot=False),
-        eval=EvalSection(
-            zeroshot_every_steps=max(1, total_steps // max(config.eval_points, 1))
-            if config.eval_points
-            else 0,
-            templates=DEFAULT_TEMPLATES,
-        ),
-        output_dir=str(Path(config.output_dir) / "train"),
-        epochs=epochs,
-        max_steps=total_steps,
-        seed=config.seed,
-        device="cpu",
-        precision="fp32",
+    return in_memory_run(
+        config, total_steps, epochs, str(Path(config.output_dir) / "train"), DEFAULT_TEMPLATES
     )
 
 

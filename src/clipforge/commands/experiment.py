@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
+        "--seeds", type=int, nargs="+", default=(), help="objectives: train every objective once per seed"
+    )
+    parser.add_argument(
         "--cache-dir", default=defaults.cache_dir, help="trained runs, reused when settings match"
     )
     parser.add_argument("--threads", type=int, default=1)
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        results = _run(args.name, settings, out)
+        results = _run(args.name, settings, out, tuple(args.seeds))
     finally:
         torch.set_num_threads(threads)
     with open(results["files"]["markdown"], encoding="utf-8") as summary:
@@ -65,11 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def _run(name: str, settings, out: str) -> dict:
+def _run(name: str, settings, out: str, seeds: tuple[int, ...]) -> dict:
     if name == "objectives":
         from clipforge.experiments.objectives_exp import run_objectives
 
-        return run_objectives(settings, out)
+        return run_objectives(settings, out, seeds)
     if name == "prompts":
         from clipforge.experiments.prompts_exp import run_prompts
 

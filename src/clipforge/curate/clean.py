@@ -62,6 +62,8 @@ def caption_problem(caption: str | None, config: CleanConfig, normalised: str | 
     if len(text) > config.max_caption_chars:
         return "caption_too_long"
     visible = "".join(text.split())
+    if not visible.isascii() and not _encodable(visible):
+        return "caption_undecodable"  # bytes that were not UTF-8 (kept as surrogates by the reader)
     letters = _NOT_ASCII_LETTER if visible.isascii() else _NOT_LETTER  # stdlib re is 10x faster on ASCII
     if len(letters.sub("", visible)) < config.min_letter_fraction * len(visible):
         return "caption_not_text"
@@ -73,6 +75,14 @@ def caption_problem(caption: str | None, config: CleanConfig, normalised: str | 
     if words < config.min_caption_words and not _unspaced_script(text):
         return "caption_too_short"
     return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _most_repeated(visible: str, fraction: float) -> int:

@@ -8,16 +8,15 @@ SLURM's SLURM_PROCID/SLURM_NTASKS.
 
 from __future__ import annotations
 
-import csv
 import glob
-import gzip
-import io
 import json
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from clipforge.data.csvjsonl import table_rows
 
 IMAGE_FIELDS = ("image", "url", "path", "image_path", "image_url", "file_name", "filepath")
 CAPTION_FIELDS = ("caption", "text", "title", "alt", "description")
@@ -92,10 +91,8 @@ def iter_pairs(
         return
     if name.endswith(".parquet"):
         rows = _iter_parquet(path)
-    elif name.endswith((".jsonl", ".jsonl.gz")):
-        rows = _iter_jsonl(path)
-    elif name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
-        rows = _iter_csv(path, delimiter="\t" if ".tsv" in name else ",")
+    elif name.endswith(TEXT_SUFFIXES):
+        rows = (row for _, row in table_rows(path, None))
     else:
         raise ValueError(f"{path}: unknown input format; valid suffixes: {', '.join(SUFFIXES)}")
     base = path.parent
@@ -122,31 +119,6 @@ def _pick_field(path: Path, row: dict, given: str | None, candidates: tuple[str,
         if name in row:
             return name
     raise ValueError(f"{path}: no {what} field among {sorted(row)}; name one of {candidates} or pass it")
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
-def _iter_jsonl(path: Path) -> Iterator[dict]:
-    with _open_text(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: invalid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-            yield row
-
-
-def _iter_csv(path: Path, delimiter: str) -> Iterator[dict]:
-    with _open_text(path) as f:
-        yield from csv.DictReader(f, delimiter=delimiter)
 
 
 def _iter_parquet(path: Path) -> Iterator[dict]:

@@ -7,6 +7,7 @@ A missing table or column is a `DataSourceError` naming file, line and field; a 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 
@@ -14,11 +15,21 @@ from clipforge.data.errors import BAD_LABEL, MISSING_FIELD, DataSourceError, Ski
 from clipforge.data.records import Record
 
 
+def _open_text(path: Path, newline: str | None = None):
+    """Text reader for a table, gzip-compressed when the name ends in .gz; undecodable bytes survive as
+    surrogates (so one bad caption is counted, not fatal)."""
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline=newline)
+    return open(path, encoding="utf-8", errors="surrogateescape", newline=newline)
+
+
 def table_rows(path: Path, delimiter: str | None):
-    """(line number, dict) per data row; the format follows the extension (.jsonl/.json lines, .tsv, .csv)."""
-    suffix = path.suffix.lower()
+    """(line number, dict) per data row; the format follows the extension (.jsonl/.ndjson lines, .tsv/.tab,
+    else CSV), optionally gzipped (.jsonl.gz, .csv.gz, ...)."""
+    name = path.name.lower()
+    suffix = Path(name[:-3] if name.endswith(".gz") else name).suffix
     if suffix in (".jsonl", ".ndjson"):
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with _open_text(path) as f:
             for line_number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -31,7 +42,7 @@ def table_rows(path: Path, delimiter: str | None):
                 yield line_number, row
         return
     delimiter = delimiter or ("\t" if suffix in (".tsv", ".tab") else ",")
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with _open_text(path, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         if reader.fieldnames is None:
             raise DataSourceError(path, "empty table: no header row", line=1)

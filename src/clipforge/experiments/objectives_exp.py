@@ -8,8 +8,11 @@ curves are on held-out training images, the final accuracy on the test split.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from clipforge.experiments.runs import TRAIN_TEMPLATES, RunSettings, load_splits, train_objective
 
@@ -55,27 +58,54 @@ def efficiency_table(curves: dict[str, list[dict]], levels=LEVELS) -> list[dict[
     return rows
 
 
-def run_objectives(settings: RunSettings, out_dir: str | Path) -> dict[str, Any]:
+def mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """Pointwise mean of curves evaluated at the same images-seen points (runs differing only by seed)."""
+    return [
+        {
+            "images_seen": points[0]["images_seen"],
+            "val_top1": sum(p["val_top1"] for p in points) / len(points),
+        }
+        for points in zip(*curves)
+    ]
+
+
+def run_objectives(settings: RunSettings, out_dir: str | Path, seeds: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Train (or reuse) each objective for every seed (default: settings.seed alone); the table reports the mean
+    and spread over seeds, the curves and images-to-reach ratios use the seed-mean curve."""
     from clipforge.experiments.objectives import accuracy
     from clipforge.experiments.plotting import plot_curves
     from clipforge.experiments.runs import _image_size
     from clipforge.results import markdown_table, write_results
 
-    splits = load_splits(settings, _image_size(settings))
-    classes = list(splits.train.classes)
-    curves, finals = {}, []
-    for name in LANGUAGE_OBJECTIVES:
-        objective, record = train_objective(name, settings, splits)
-        curves[name] = record["curve"]
-        test_top1 = accuracy(objective, splits.test.images, splits.test.labels, classes, TRAIN_TEMPLATES)
+    seeds = tuple(seeds) or (settings.seed,)
+    curves, finals, per_seed = {}, [], {}
+    all_runs: dict[str, list[dict]] = {name: [] for name in LANGUAGE_OBJECTIVES}
+    for seed in seeds:
+        seeded = replace(settings, seed=seed)
+        splits = load_splits(seeded, _image_size(seeded))
+        classes = list(splits.train.classes)
+        for name in LANGUAGE_OBJECTIVES:
+            objective, record = train_objective(name, seeded, splits)
+            test = accuracy(objective, splits.test.images, splits.test.labels, classes, TRAIN_TEMPLATES)
+            all_runs[name].append({"seed": seed, "test_top1": round(test, 4), **record})
+    for name, runs in all_runs.items():
+        per_seed[name] = [
+            {"seed": r["seed"], "test_top1": r["test_top1"], "final_val_top1": r["curve"][-1]["val_top1"],
+             "images_to_30pct": images_to_reach(r["curve"], 0.3)}
+            for r in runs
+        ]  # fmt: skip
+        curves[name] = mean_curve([r["curve"] for r in runs])
+        tests = torch.tensor([r["test_top1"] for r in runs])
         finals.append(
             {
                 "objective": name,
-                "test_top1": round(test_top1, 4),
-                "final_val_top1": record["curve"][-1]["val_top1"],
-                "images_seen": record["images_seen"],
-                "train_wall_time_s": record["train_wall_time_s"],
-                "final_loss": record["final_loss"],
+                "test_top1": round(float(tests.mean()), 4),
+                "test_top1_std": round(float(tests.std()), 4) if len(runs) > 1 else 0.0,
+                "seeds": len(runs),
+                "final_val_top1": round(curves[name][-1]["val_top1"], 4),
+                "images_seen": runs[0]["images_seen"],
+                "train_wall_time_s": round(sum(r["train_wall_time_s"] for r in runs) / len(runs), 1),
+                "final_loss": round(sum(r["final_loss"] for r in runs) / len(runs), 4),
             }
         )
     out = Path(out_dir)
@@ -84,7 +114,9 @@ def run_objectives(settings: RunSettings, out_dir: str | Path) -> dict[str, Any]
     table = efficiency_table(curves)
     results = {
         "experiment": "objectives",
+        "seeds": list(seeds),
         "final": finals,
+        "per_seed": per_seed,
         "efficiency": table,
         "curves": curves,
         "chance": chance,
@@ -99,10 +131,13 @@ def run_objectives(settings: RunSettings, out_dir: str | Path) -> dict[str, Any]
         f"{len(splits.train)} training images, {settings.epochs:g} epochs, batch {settings.batch_size}, "
         f"model `{settings.model}`; curves on {len(splits.val.labels)} held-out training images (one prompt), "
         f"final accuracy on {len(splits.test.labels)} test images ({len(TRAIN_TEMPLATES)}-prompt ensemble). "
-        f"Chance {chance:.2f}.\n\n"
+        f"Chance {chance:.2f}. Seeds {', '.join(map(str, seeds))} (data subset, validation split, init and "
+        "order); accuracies and curves are means over seeds, `test_top1_std` their spread.\n\n"
         + markdown_table(finals)
         + "\n## Images needed to reach a validation accuracy (paper: BoW/contrastive 4x, captioning/BoW 3x)\n\n"
         + markdown_table(table)
+        + "\n## Per seed\n\n"
+        + markdown_table([{"objective": n, **r} for n, rows in per_seed.items() for r in rows])
         + f"\n![curves]({png.name})\n"
     )
     results["files"] = write_results(out, "objectives", results, summary)

@@ -103,34 +103,11 @@ def _subset(data: LabelledArrays, index: torch.Tensor) -> LabelledArrays:
 
 
 def _train_config(settings: RunSettings, total_steps: int, epochs: int, output_dir: Path):
-    from clipforge.train.config import (
-        CheckpointSection,
-        DataSection,
-        EvalSection,
-        LogSection,
-        ModelSection,
-        OptimSection,
-        TrainConfig,
-    )
+    from clipforge.train.config import in_memory_run
 
-    return TrainConfig(
-        model=ModelSection(name=settings.model),
-        data=DataSection(kind="custom", batch_size=settings.batch_size),
-        optim=OptimSection(
-            lr=settings.lr,
-            weight_decay=settings.weight_decay,
-            warmup_steps=min(settings.warmup_steps, total_steps),
-        ),
-        checkpoint=CheckpointSection(keep_last=1, best_metric="none", every_steps=10**9),
-        log=LogSection(every_steps=10, progress=settings.progress, plot=False),
-        eval=EvalSection(zeroshot_every_steps=max(1, total_steps // max(settings.eval_points, 1))),
-        output_dir=str(output_dir),
-        epochs=epochs,
-        max_steps=total_steps,
-        seed=settings.seed,
-        device="cpu",
-        precision="fp32",
-    )
+    # at least one zero-shot point (the curve); weights are cached by the experiment, so no mid-run checkpoints
+    recipe = replace(settings, eval_points=max(settings.eval_points, 1))
+    return in_memory_run(recipe, total_steps, epochs, str(output_dir), checkpoint_every_steps=10**9)
 
 
 def new_objective(name: str, settings: RunSettings, classes: list[str]) -> nn.Module:
