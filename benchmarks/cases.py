@@ -142,7 +142,13 @@ def train_step_fn(lib: str, model, images: Tensor, texts: list[str], weights: Pa
     import torch.nn.functional as F
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    if lib == "clipforge":  # as clipforge's trainer runs it: NHWC ResNet on CPU, fused AdamW (same math)
+        from clipforge.train.loop import use_fast_layout
+
+        use_fast_layout(model, images.device)
+        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
+    else:  # as open_clip's trainer runs it
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
     tokens = tokenize(lib, texts, weights, context_length)
     labels = torch.arange(images.shape[0])
 

@@ -117,4 +117,12 @@ class ModifiedResNet(nn.Module):
         return self.trunk(images).mean(dim=(2, 3))
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.channels_last:  # match the weights' layout, so no conv converts on its own
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.attnpool(self.trunk(images))  # (B, E)
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the weights are in channels-last (NHWC) layout: oneDNN's fast path on CPU."""
+        weight = self.conv1.weight
+        return weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last)

