@@ -60,7 +60,7 @@ def achieved(case: str, row: dict, peak: float) -> dict:
 
 
 def run_case(
-    case: str, libs: list[str], repeats: int, weights: Path, threads: int, rounds: int
+    case: str, libs: list[str], repeats: int, weights: Path, threads: int, rounds: int = 1
 ) -> list[dict]:
     """Timing: all libraries in one process, call by call in rotating order, `repeats x rounds` calls each
     (the ratios). Then each library alone in a fresh process: its peak RSS, its outputs for the equality
