@@ -113,9 +113,9 @@ def _features(out) -> Tensor:
 def encode_image_fn(lib: str, model, images: Tensor):
     if lib.startswith("transformers"):
         return lambda: _features(model.get_image_features(pixel_values=images))
-    if lib == "clipforge":
-        images = images.contiguous(memory_format=torch.channels_last)
-    return lambda: model.encode_image(images)
+    return lambda: model.encode_image(
+        images
+    )  # clipforge's ResNet converts to its channels-last layout itself
 
 
 def encode_text_fn(lib: str, model, texts: list[str], weights: Path):

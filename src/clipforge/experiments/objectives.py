@@ -231,14 +231,7 @@ def hits(
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 
 
-def accuracy(
-    objective: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    classnames: Sequence[str],
-    templates: Sequence[str],
-    batch_size: int = 500,
-) -> float:
-    """Top-1 accuracy (see `hits`); 0 for no images."""
-    right = hits(objective, images, labels, classnames, templates, batch_size)
+def accuracy(*args, **kwargs) -> float:
+    """Top-1 accuracy: the mean of `hits(*args, **kwargs)`; 0 for no images."""
+    right = hits(*args, **kwargs)
     return float(right.float().mean()) if len(right) else 0.0

@@ -40,24 +40,24 @@ class _Row:
     def empty(cls) -> _Row:
         return cls([], [], {}, [], [])
 
-    def new_nodes(self, seq: tuple[int, ...]) -> int:
-        """How many nodes adding `seq` would create."""
+    def match(self, seq: tuple[int, ...]) -> tuple[int, int]:
+        """(length of the longest prefix of `seq` already in the tree, its last node; -1 for none)."""
         node = -1
         for depth, token in enumerate(seq):
-            node = self.children.get((node, token), -2)
-            if node == -2:
-                return len(seq) - depth
-        return 0
-
-    def add(self, seq: tuple[int, ...], text: int) -> None:
-        node = -1
-        for token in seq:
             child = self.children.get((node, token))
             if child is None:
-                child = len(self.tokens)
-                self.children[(node, token)] = child
-                self.tokens.append(token)
-                self.parents.append(node)
+                return depth, node
+            node = child
+        return len(seq), node
+
+    def add(self, seq: tuple[int, ...], text: int, matched: tuple[int, int]) -> None:
+        """Add `seq` given its `match`: only the unmatched tail becomes new nodes."""
+        depth, node = matched
+        for token in seq[depth:]:
+            child = len(self.tokens)
+            self.children[(node, token)] = child
+            self.tokens.append(token)
+            self.parents.append(node)
             node = child
         self.eot.append(node)
         self.texts.append(text)
@@ -72,10 +72,12 @@ def _rows(tokens: Tensor, row_nodes: int) -> list[_Row]:
     rows, row = [], _Row.empty()
     for text in sorted(range(len(seqs)), key=seqs.__getitem__):
         seq = seqs[text]
-        if row.texts and len(row.tokens) + row.new_nodes(seq) > row_nodes:
+        matched = row.match(seq)
+        if row.texts and len(row.tokens) + len(seq) - matched[0] > row_nodes:
             rows.append(row)
             row = _Row.empty()
-        row.add(seq, text)
+            matched = (0, -1)
+        row.add(seq, text, matched)
     if row.texts:
         rows.append(row)
     return rows
@@ -115,10 +117,12 @@ def pack_prefixes(tokens: Tensor, texts_per_batch: int = 256, row_nodes: int = 1
     `row_nodes` bounds a row's tree (at least the longest text); attention costs grow with it."""
     rows = _rows(tokens.cpu(), row_nodes)
     batch: list[_Row] = []
+    texts = 0
     for row in rows:
         batch.append(row)
-        if sum(len(r.texts) for r in batch) >= texts_per_batch:
+        texts += len(row.texts)
+        if texts >= texts_per_batch:
             yield _collate(batch)
-            batch = []
+            batch, texts = [], 0
     if batch:
         yield _collate(batch)

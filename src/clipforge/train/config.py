@@ -177,4 +177,4 @@ def in_memory_run(
         seed=recipe.seed,
         device="cpu",
         precision="fp32",
-    ).validate()
+    )  # fit() validates it
