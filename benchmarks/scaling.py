@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.harness import machine_info, time_fn
+from clipforge.figures import pyplot, save_figure
 from clipforge.models import CLIP, get_config
 from clipforge.models.inference import optimize_for_inference
 from clipforge.results import markdown_table, write_results
@@ -82,10 +83,7 @@ def measure(smoke: bool) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path, image_name: str, train_name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for threads in (1, 2):
@@ -104,8 +102,7 @@ def plot(rows: list[dict], path: Path, image_name: str, train_name: str) -> None
         title=f"{train_name} training, batch {points[0]['batch']}",
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> dict:

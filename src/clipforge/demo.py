@@ -24,6 +24,7 @@ from torch import Tensor
 from clipforge.data import DEFAULT_TEMPLATES, LabelledArrays, open_labelled_dataset, to_eval_tensors
 from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
 from clipforge.evaluate.linear_probe import ProbeConfig
+from clipforge.figures import pyplot, save_figure
 from clipforge.models import CLIP, get_config
 from clipforge.train.loader import PositionedLoader
 from clipforge.train.metrics import ZeroShotEval, class_embeddings
@@ -224,10 +225,7 @@ def final_evaluation(model: CLIP, train: LabelledArrays, test: LabelledArrays, c
 
 def plot_curve(curve: list[dict], test_top1: float, path: Path) -> Path:
     """Images seen vs validation zero-shot top-1 (the final test number as a star)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(
@@ -241,10 +239,7 @@ def plot_curve(curve: list[dict], test_top1: float, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def summary_markdown(results: dict[str, Any]) -> str:

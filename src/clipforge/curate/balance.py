@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipforge.figures import pyplot, save_figure
+
 
 def unit_hash(seed: int, key: str) -> float:
     """A uniform number in [0, 1) fixed by (seed, key)."""
@@ -115,10 +117,7 @@ def head_tail_summary(before: np.ndarray, after: np.ndarray, cap: int) -> dict:
 
 def plot_query_counts(before: np.ndarray, after: np.ndarray, cap: int, path: str | os.PathLike) -> Path:
     """Counts per query sorted by the count before, log-log, before vs after, with the cap line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     order = np.argsort(-before, kind="stable")
     order = order[before[order] > 0]
@@ -138,7 +137,4 @@ def plot_query_counts(before: np.ndarray, after: np.ndarray, cap: int, path: str
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

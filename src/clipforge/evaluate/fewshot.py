@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from clipforge.evaluate.anchored import AnchoredConfig, cache_adapter_logits, fit_anchored_probe
 from clipforge.evaluate.linear_probe import ProbeConfig, linear_probe
 from clipforge.evaluate.metrics import classification_metrics
+from clipforge.figures import pyplot, save_figure
 
 METHODS = ("zeroshot", "linear_probe", "anchored", "cache")
 
@@ -109,10 +110,7 @@ def fewshot_curve(
 
 def plot_fewshot(result: dict, path, title: str = "few-shot") -> None:
     """PNG: top-1 (mean ± std over seeds) per method vs shots, with the zero-shot line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for method in dict.fromkeys(r["method"] for r in result["rows"]):
@@ -134,5 +132,4 @@ def plot_fewshot(result: dict, path, title: str = "few-shot") -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from clipforge.figures import pyplot, save_figure
 from clipforge.results import markdown_table, write_results
 
 
@@ -24,13 +25,8 @@ def write_report(
 
 def plot_bars(rows: list[dict], models: list[str], path: str | os.PathLike, title: str, ylabel: str) -> Path:
     """Grouped bars: one group per row["dataset"], one bar per model column."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     width = 0.8 / max(1, len(models))
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 4), dpi=120)
     for j, model in enumerate(models):
@@ -42,6 +38,4 @@ def plot_bars(rows: list[dict], models: list[str], path: str | os.PathLike, titl
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

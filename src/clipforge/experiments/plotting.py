@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from clipforge.figures import pyplot, save_figure
 
 
 def plot_curves(curves: dict[str, list[dict]], chance: float, title: str, path: Path) -> Path:
     """One line per objective: images seen (x) vs validation top-1 (y)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         ax.plot([p["images_seen"] for p in curve], [p["val_top1"] for p in curve], marker="o", label=name)
@@ -25,12 +18,12 @@ def plot_curves(curves: dict[str, list[dict]], chance: float, title: str, path: 
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, plt, path)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_bars(groups: list[str], series: dict[str, list[float]], ylabel: str, title: str, path: Path) -> Path:
     """Grouped bars: one group per entry of `groups`, one bar per series."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups) * len(series)), 4))
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):
@@ -42,12 +35,12 @@ def plot_bars(groups: list[str], series: dict[str, list[float]], ylabel: str, ti
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
-    return _save(fig, plt, path)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_scatter(points: list[dict], x: str, y: str, title: str, path: Path) -> Path:
     """Effective-robustness plot: each shifted set as a point, the y = x line for reference."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="y = x")
     for point in points:
@@ -55,11 +48,4 @@ def plot_scatter(points: list[dict], x: str, y: str, title: str, path: Path) -> 
         ax.annotate(point["dataset"], (point[x], point[y]), fontsize=7)
     ax.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1))
     ax.grid(alpha=0.3)
-    return _save(fig, plt, path)
-
-
-def _save(fig, plt, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")

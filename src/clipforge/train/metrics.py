@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipforge.figures import pyplot, save_figure
+
 
 class MetricsLogger:
     """Appends {"step": s, **scalars} lines to metrics.jsonl and mirrors them to TensorBoard.
@@ -110,10 +112,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:
     accuracy = [(r["step"], r["eval/zeroshot_top1"]) for r in history if "eval/zeroshot_top1" in r]
     if not loss and not accuracy:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     if loss:
@@ -123,6 +122,4 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:
         axes[1].plot(*zip(*accuracy, strict=True), marker="o")
     axes[1].set(xlabel="step", ylabel="top-1", title="zero-shot accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=100)
