@@ -39,8 +39,8 @@ def cuda_has_native_bf16(device: torch.device | int | None = None) -> bool:
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16", "fp16"]:
-    """'auto' picks bf16 only where the hardware runs it natively: on GPUs of compute capability >= 8 (else fp16,
-    which the trainer pairs with a GradScaler), on CPUs with AVX512-BF16/AMX (else fp32)."""
+    """'auto' picks bf16 only where the hardware runs it natively: on GPUs of compute capability >= 8 (else
+    fp16, which the trainer pairs with a GradScaler), on CPUs with AMX tiles (else fp32)."""
     if precision != "auto":
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
