@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipforge.checkpoints.hf import save_hf
-from clipforge.checkpoints.parity import (
+from benchmarks.references import (
     clipforge_from_open_clip,
     compare_hf,
     compare_open_clip,
@@ -17,6 +16,7 @@ from clipforge.checkpoints.parity import (
     random_open_clip,
     sample_inputs,
 )
+from clipforge.checkpoints.hf import save_hf
 from clipforge.models import PRESETS
 from clipforge.models.config import OPENAI_PRESETS
 

@@ -19,11 +19,12 @@ _EXPORTS = {
     "create_model_and_transforms": "clipforge.factory",
     "list_models": "clipforge.factory",
     "load": "clipforge.factory",
+    "load_model": "clipforge.factory",
     "image_transform": "clipforge.transforms",
 }
 
 if TYPE_CHECKING:
-    from clipforge.factory import create_model, create_model_and_transforms, list_models, load
+    from clipforge.factory import create_model, create_model_and_transforms, list_models, load, load_model
     from clipforge.models import CLIP, CLIPConfig, CLIPOutput, get_config
     from clipforge.transforms import image_transform
 
@@ -61,5 +62,6 @@ __all__ = [
     "image_transform",
     "list_models",
     "load",
+    "load_model",
     "tokenize",
 ]

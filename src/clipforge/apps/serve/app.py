@@ -9,6 +9,7 @@ the only files served from it are thumbnails whose names match NNNNNNNN.jpg unde
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import re
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
+from clipforge import __version__
 from clipforge.apps.inputs import ImageError, open_image
 from clipforge.apps.serve.batching import MicroBatcher
 
@@ -121,13 +123,17 @@ class ModelRunner:
         return torch.stack(await asyncio.gather(*(self.texts.submit(t) for t in texts)))
 
     async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+        """The zero-shot head (E, C) of `build_classifier`, run on the model thread, kept in an LRU."""
+        from clipforge.zeroshot.classifier import build_classifier
+
         key = (labels, templates)
         if key in self._heads:
             self._heads.move_to_end(key)
             return self._heads[key]
-        prompts = [t.replace("{}", label) for label in labels for t in templates]
-        feats = (await self.text_features(prompts)).view(len(labels), len(templates), -1)  # (C, T, E)
-        head = torch.nn.functional.normalize(feats.mean(1), dim=-1).T  # (E, C)
+        build = functools.partial(
+            build_classifier, self.model, list(labels), list(templates), cache_dir=False, progress=False
+        )
+        head = (await asyncio.get_running_loop().run_in_executor(self.executor, build)).cpu()  # (E, C)
         self._heads[key] = head
         while len(self._heads) > self.limits.classifier_cache:
             self._heads.popitem(last=False)
@@ -207,8 +213,6 @@ def create_app(
 ) -> FastAPI:
     """The service for one model and, optionally, one read-only index folder (for /search)."""
     limits = limits or ServeLimits()
-    # PIL's own guard (raises at 2x this) backs up the explicit header check in read_image.
-    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     runner = ModelRunner(model, preprocess, limits)
     index = None
     if index_dir is not None:
@@ -230,7 +234,7 @@ def create_app(
 
     app = FastAPI(
         title="clipforge",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         description="Zero-shot classification, embeddings and search with a CLIP model.",
     )
@@ -242,7 +246,7 @@ def create_app(
     async def time_limit(request: Request, call_next):
         try:
             return await asyncio.wait_for(call_next(request), limits.request_timeout_s)
-        except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11
+        except TimeoutError:  # builtin TimeoutError only from 3.11
             return JSONResponse({"detail": f"request took longer than {limits.request_timeout_s}s"}, 504)
 
     app.include_router(model_router(runner, limits, model_name, index))
