@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clipforge.apps.inputs import ImageError, collect_images, is_image_path, open_image
+from clipforge.apps.inputs import collect_images, is_image_path
+from clipforge.decode import ImageError, open_image
 from clipforge.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 Item = tuple[dict, object]  # (metadata row, payload: image path / BytesIO, or text str)

@@ -93,7 +93,7 @@ def recall_at_k(index, vectors: np.ndarray, k: int = 10, num_queries: int = 1000
 
 def write_thumbnails(out_dir: Path, metadata: list[dict], info: dict, progress: bool) -> int:
     """thumbs/<row:08d>.jpg for rows whose image file is known (folder or table sources)."""
-    from clipforge.apps.inputs import ImageError, open_image
+    from clipforge.decode import ImageError, decode_rgb
 
     root, column = info.get("image_root"), info.get("image_column")
     if root and column:
@@ -109,7 +109,7 @@ def write_thumbnails(out_dir: Path, metadata: list[dict], info: dict, progress: 
         target = thumbs / f"{row_id:08d}.jpg"
         if not target.exists():
             try:
-                image = open_image(source)
+                image = decode_rgb(source)
             except (ImageError, OSError):
                 continue
             image.thumbnail((THUMB_SIZE, THUMB_SIZE))

@@ -36,7 +36,7 @@ def load_eval_set(root: Path, preprocess, limit: int):
 
     import torch
 
-    from clipforge.apps.inputs import open_image
+    from clipforge.decode import open_image
 
     classes = (root / "classes.txt").read_text().split()
     with (root / "test.csv").open() as f:

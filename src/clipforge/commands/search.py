@@ -21,7 +21,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    from clipforge.apps.inputs import open_image
     from clipforge.apps.search import SearchIndex, search
     from clipforge.results import markdown_table
 
@@ -29,8 +28,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("give --text, --image or both")
     index = SearchIndex(args.index)
     model, preprocess = load_model_from(args)
-    image = open_image(args.image) if args.image else None
-    hits = [h.to_dict() for h in search(index, model, preprocess, text=args.text, image=image, k=args.top_k)]
+    hits = [
+        h.to_dict() for h in search(index, model, preprocess, text=args.text, image=args.image, k=args.top_k)
+    ]
     if args.json:
         print(json.dumps(hits, indent=2))
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import re
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +25,8 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from clipforge import __version__
-from clipforge.apps.inputs import ImageError, open_image
 from clipforge.apps.serve.batching import MicroBatcher
+from clipforge.decode import DEFAULT_LIMITS, ImageError, ImageLimits, open_image
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 THUMB_NAME = re.compile(r"^[0-9]{8}\.jpg$")
@@ -36,7 +35,8 @@ THUMB_NAME = re.compile(r"^[0-9]{8}\.jpg$")
 @dataclass(frozen=True)
 class ServeLimits:
     max_upload_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = DEFAULT_LIMITS.max_pixels
+    max_aspect_ratio: float | None = DEFAULT_LIMITS.max_aspect_ratio
     allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
     request_timeout_s: float = 30.0
     max_batch: int = 32
@@ -145,25 +145,16 @@ class ModelRunner:
 
 
 def read_image(data: bytes, limits: ServeLimits) -> Image.Image:
-    """Bytes -> RGB image, or HTTPException 415 (type) / 413 (too many pixels) / 400 (undecodable)."""
+    """Bytes -> decoded image (EXIF-oriented, own mode, for the exact transform), or HTTPException
+    415 (type) / 413 (too many pixels, too thin, or a decompression bomb) / 400 (undecodable)."""
+    image_limits = ImageLimits(
+        limits.max_image_pixels, limits.max_aspect_ratio, formats=limits.allowed_formats
+    )
     try:
-        header = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as err:
-        raise HTTPException(413, f"image refused as a decompression bomb: {err}") from err
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for garbage
-        raise HTTPException(400, f"upload is not a readable image ({type(err).__name__})") from err
-    if header.format not in limits.allowed_formats:
-        allowed = ", ".join(limits.allowed_formats)
-        raise HTTPException(415, f"image type {header.format} not allowed; use one of {allowed}")
-    width, height = header.size
-    if width * height > limits.max_image_pixels:
-        raise HTTPException(
-            413, f"image is {width}x{height}, above the limit of {limits.max_image_pixels} pixels"
-        )
-    try:
-        return open_image(io.BytesIO(data), limits.max_image_pixels)
+        return open_image(data, image_limits)
     except ImageError as err:
-        raise HTTPException(400, str(err)) from err
+        status = {"format": 415, "mode": 415, "too_large": 413}.get(err.reason, 400)
+        raise HTTPException(status, str(err)) from err
 
 
 async def read_upload(upload: UploadFile, limits: ServeLimits) -> Image.Image:
