@@ -141,3 +141,22 @@ def test_premultiplied_la_and_bad_modes():
     assert max_diff(Preprocess(CONFIG)(premultiplied), REFERENCE(grey_alpha)) <= 1.5 / 255 / min(CONFIG.std)
     with pytest.raises(ValueError, match="mode 'La'"):
         convert_rgb(premultiplied)
+
+
+def test_random_resized_crop_box_draws_as_torchvision():
+    from torchvision.transforms import RandomResizedCrop
+
+    from clipforge.transforms import random_resized_crop_box
+
+    for seed, (width, height), scale, ratio in [
+        (0, (640, 426), (0.9, 1.0), (3 / 4, 4 / 3)),
+        (1, (50, 300), (0.08, 1.0), (3 / 4, 4 / 3)),  # a tall strip: misses, then the clamped centre crop
+        (2, (300, 40), (0.9, 1.0), (3 / 4, 4 / 3)),
+        (3, (224, 224), (0.5, 0.7), (0.5, 2.0)),
+    ]:
+        image = Image.new("RGB", (width, height))
+        for draw in range(20):
+            torch.manual_seed(seed * 100 + draw)
+            want = RandomResizedCrop.get_params(image, list(scale), list(ratio))
+            torch.manual_seed(seed * 100 + draw)
+            assert random_resized_crop_box((width, height), scale, ratio) == tuple(want), (seed, draw)

@@ -21,9 +21,11 @@ _EXPORTS = {
     "load": "clipforge.factory",
     "load_model": "clipforge.factory",
     "image_transform": "clipforge.transforms",
+    "open_image": "clipforge.decode",
 }
 
 if TYPE_CHECKING:
+    from clipforge.decode import open_image
     from clipforge.factory import create_model, create_model_and_transforms, list_models, load, load_model
     from clipforge.models import CLIP, CLIPConfig, CLIPOutput, get_config
     from clipforge.transforms import image_transform
@@ -63,5 +65,6 @@ __all__ = [
     "list_models",
     "load",
     "load_model",
+    "open_image",
     "tokenize",
 ]

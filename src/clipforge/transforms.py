@@ -10,6 +10,7 @@ and 16-bit images, which PIL's RGB conversion clips to white instead of scaling.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -73,11 +74,38 @@ class Preprocess(_Normalise):
         return f"Preprocess({self.config})"
 
 
+def random_resized_crop_box(
+    image_size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop, drawn from torch's global RNG exactly as torchvision's
+    `RandomResizedCrop.get_params` draws it (same calls, same order), so torchvision is not needed."""
+    width, height = image_size
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = torch.randint(0, height - h + 1, size=(1,)).item()
+            left = torch.randint(0, width - w + 1, size=(1,)).item()
+            return top, left, h, w
+    in_ratio = width / height  # ten misses: the central crop clamped to the ratio range
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 class TrainPreprocess(_Normalise):
     """Train transform: random resized crop (area fraction `scale`, aspect `ratio`, torch RNG) then normalise.
 
-    Draws crops with torchvision's RandomResizedCrop.get_params, so a seeded run crops exactly as
-    open_clip's default train transform (scale (0.9, 1.0)).
+    Draws crops as torchvision's RandomResizedCrop.get_params does (`random_resized_crop_box`), so a seeded
+    run crops exactly as open_clip's default train transform (scale (0.9, 1.0)).
     """
 
     def __init__(
@@ -91,11 +119,9 @@ class TrainPreprocess(_Normalise):
         self.ratio = tuple(ratio)
 
     def __call__(self, image: Image.Image) -> Tensor:
-        from torchvision.transforms import RandomResizedCrop  # lazy: keeps `import clipforge` light
-
         image = to_resizable(image)
         size = self.config.image_size
-        top, left, height, width = RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        top, left, height, width = random_resized_crop_box(image.size, self.scale, self.ratio)
         image = image.crop((left, top, left + width, top + height))
         if image.size != (size, size):
             image = image.resize((size, size), _RESAMPLE[self.config.interpolation])

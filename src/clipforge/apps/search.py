@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from clipforge.decode import open_image
+from clipforge.extras import require
 
 
 @dataclass
@@ -36,7 +37,7 @@ class SearchIndex:
     """A loaded index folder (see clipforge.apps.index); read-only."""
 
     def __init__(self, folder: str | os.PathLike):
-        import faiss
+        faiss = require("faiss", "searching an index")
 
         self.folder = Path(folder).resolve()
         index_path = self.folder / "index.faiss"

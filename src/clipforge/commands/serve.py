@@ -26,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     import torch
-    import uvicorn
+
+    from clipforge.extras import require
+
+    require("fastapi", "clipforge serve")
+    uvicorn = require("uvicorn", "clipforge serve")
 
     from clipforge.apps.serve import ServeLimits, create_app
 
