@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image, ImageOps
@@ -86,8 +87,16 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     files = {}
     for mode, fmt in MODE_FILES:
         path = _save(_mode_image(mode), root / f"mode-{mode.replace(';', '_')}{EXTENSIONS[fmt]}", fmt)
-        with Image.open(path) as check:
-            assert check.mode == mode and check.format == fmt, (mode, fmt, check.mode)
+        with Image.open(path) as check:  # older Pillows read some back in another mode (YCbCr TIFF as RGB,
+            assert check.format == fmt, (
+                mode,
+                fmt,
+            )  # I;16 PNG as I): the reference follows the file either way
+            try:
+                check.load()
+            except OSError:  # Pillow 10's TIFF writer truncates YCbCr files; 11+ round-trips every pair
+                assert int(PIL.__version__.split(".")[0]) < 11, (mode, fmt)
+                continue
         files[f"{mode}/{fmt}"] = path
     for orientation in range(1, 9):
         exif = Image.Exif()
