@@ -84,13 +84,30 @@ def create_model_and_transforms(
     return model, image_transform(model.config.preprocess, train=True), preprocess
 
 
-def load(name_or_path: str | os.PathLike, device: str | torch.device = DEFAULT_DEVICE, jit: bool = False):
-    """openai/CLIP's `load`: a model name ('ViT-B/32': OpenAI's weights, downloaded if needed) or a
-    checkpoint file of any supported format. Returns (model, preprocess)."""
+def load(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = DEFAULT_DEVICE,
+    jit: bool = False,
+    model: str | None = None,
+):
+    """openai/CLIP's `load`: one of OpenAI's model names ('ViT-B/32', 'RN50', ...: OpenAI's weights,
+    QuickGELU, downloaded if needed) or a checkpoint file of any supported format. Returns (model, preprocess).
+
+    `model`: the architecture name a file was built with, for files that do not record it (OpenAI-layout
+    state_dicts and open_clip checkpoints): 'ViT-B-32' (GELU) vs 'ViT-B-32-quickgelu', as in open_clip."""
     if jit:
         raise ValueError(
             "jit=True is not supported: clipforge models are eager nn.Modules (use torch.compile)"
         )
-    if Path(name_or_path).expanduser().exists() or _looks_like_path(os.fspath(name_or_path)):
+    path = Path(name_or_path).expanduser()
+    if model is not None and path.exists():
+        from clipforge.checkpoints import load_any
+
+        net = load_any(path, config=model).to(resolve_device(device)).eval()
+        return net, Preprocess(net.config.preprocess)
+    if path.exists() or _looks_like_path(os.fspath(name_or_path)):
         return load_model(name_or_path, device=device)
-    return load_model(str(name_or_path), "openai", device)
+    from clipforge.models.presets import OPENAI_NAMES
+
+    name = OPENAI_NAMES.get(str(name_or_path), str(name_or_path))
+    return load_model(name, "openai", device)
