@@ -12,7 +12,7 @@ from torch import Tensor
 from clipforge.data.augment import CLIP_MEAN, CLIP_STD, eval_batch
 from clipforge.data.errors import DataSourceError
 from clipforge.data.labelled import LabelledArrays
-from clipforge.data.public import open_labelled_dataset
+from clipforge.data.public import decode_size, open_labelled_dataset
 
 
 @dataclass
@@ -42,9 +42,17 @@ def load_zeroshot_eval(
     mean=CLIP_MEAN,
     std=CLIP_STD,
     cache_dir: str | Path | None = None,
+    max_images: int | None = None,
 ) -> LabelledTensors:
-    """E.g. `../shared/data/cifar10` test split (test.csv, classes.txt): 1,000 images as tensors."""
-    data = open_labelled_dataset(path, split, cache_dir=cache_dir, num_workers=1, progress=False)
+    """E.g. `../shared/data/cifar10` test split (test.csv, classes.txt): 1,000 images as tensors.
+
+    `max_images`: keep that many, evenly spaced over the set (label files are often sorted by class)."""
+    data = open_labelled_dataset(
+        path, split, decode_size(path, split, image_size), cache_dir, num_workers=1, progress=False
+    )
+    if max_images is not None and len(data) > max_images:
+        pick = (torch.arange(max_images) * (len(data) / max_images)).long()
+        data = LabelledArrays(data.images[pick], data.labels[pick], data.classes, data.source, data.skips)
     return to_eval_tensors(data, image_size, mean, std)
 
 

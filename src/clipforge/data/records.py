@@ -25,15 +25,16 @@ class Record:
     key: str = ""
 
 
-def read_image_bytes(image: Path | bytes) -> bytes:
+def read_image_bytes(image: Path | bytes, key: str = "") -> bytes:
     if isinstance(image, bytes):
         return image
+    where = f"{key}: {image}" if key else str(image)
     try:
         return Path(image).read_bytes()
     except FileNotFoundError as e:
-        raise SkipSample(MISSING_FILE, str(image)) from e
+        raise SkipSample(MISSING_FILE, where) from e
     except OSError as e:
-        raise SkipSample(MISSING_FILE, f"{image}: {e}") from e
+        raise SkipSample(MISSING_FILE, f"{where}: {e}") from e
 
 
 def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
@@ -54,7 +55,7 @@ def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
 
 def decode_image(image: Path | bytes, key: str = "") -> np.ndarray:
     """Encoded image -> (H, W, 3) uint8 RGB; unreadable or truncated files raise `SkipSample`."""
-    data = read_image_bytes(image)
+    data = read_image_bytes(image, key)
     if data[:3] == b"\xff\xd8\xff":
         fast = _decode_jpeg_fast(data)
         if fast is not None:

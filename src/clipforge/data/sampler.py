@@ -60,6 +60,13 @@ class EpochSampler:
             count -= count % self.batch_size
         return count
 
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches of this rank per epoch (the last one partial unless `drop_last`)."""
+        if not self.batch_size:
+            raise ValueError("EpochSampler.batches_per_epoch needs batch_size")
+        return -(-self.samples_per_rank // self.batch_size)
+
     def __len__(self) -> int:
         return self.samples_per_rank - self.offset
 
@@ -76,7 +83,9 @@ class EpochSampler:
         """The remaining indices in batches of `batch_size` (last one partial unless `drop_last`)."""
         if not self.batch_size:
             raise ValueError("EpochSampler.batches() needs batch_size")
-        yield from torch.split(self.indices(), self.batch_size)
+        remaining = self.indices()
+        if len(remaining):  # (torch.split of an empty tensor gives one empty chunk)
+            yield from torch.split(remaining, self.batch_size)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed}
