@@ -27,7 +27,7 @@ COMMON = [
     "log.progress=false",
     "log.plot=false",
     "device=cpu",
-    "precision=fp32",  # the claim is exact arithmetic: bf16 (auto on CPUs with AMX) rounds batch-dependently
+    "precision=fp32",  # the comparison is about ranks, not about auto precision
 ]
 
 
