@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import clipforge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,8 +18,10 @@ PACKAGE = REPO / "src" / "clipforge"
 # Floor of each unit (a sub-package or a top-level module of clipforge); a module may import only units on
 # lower floors, and anything of its own unit.
 FLOORS = {
-    **dict.fromkeys(["fileio", "figures", "overrides", "device"], 0),  # helpers
-    "results": 0.5,  # JSON + Markdown files (atomic writes of fileio)
+    **dict.fromkeys(
+        ["extras", "fileio", "device", "overrides", "decode"], 0
+    ),  # base helpers (decode: PIL only)
+    **dict.fromkeys(["figures", "results"], 0.5),  # PNG / JSON + Markdown outputs
     "models": 1,  # the math
     "flops": 1.5,  # GFLOPs of a model config
     **dict.fromkeys(["checkpoints", "tokenizer", "transforms"], 2),  # formats
@@ -33,16 +33,6 @@ FLOORS = {
     "recipes": 6,  # the demo and the experiments: use everything, nothing in the library imports them
 }
 COMMANDS = {"commands", "cli"}
-
-# Known upward edges in other helpers' areas, each with its owner; when one is fixed its xfail passes and the
-# strict marker fails the run: delete the entry then.
-KNOWN = {
-    (
-        "benchmarks/fewshot_curve.py",
-        "commands",
-    ): "h2-house-apps: run_fewshot/load_model move from commands/eval.py "
-    "into the library (issue #13 point 1)",
-}
 
 
 def _unit_of_module(path: Path, package: Path) -> str:
@@ -126,16 +116,8 @@ def test_library_imports_only_lower_floors():
 
 
 def test_recipes_and_benchmarks_do_not_import_commands():
-    unknown = [
-        f"{f}:{line}: imports clipforge.{u}" for f, u, line in outside_violations() if (f, u) not in KNOWN
-    ]
-    assert unknown == []
-
-
-@pytest.mark.parametrize("edge", sorted(KNOWN), ids=lambda e: f"{e[0]}->{e[1]}")
-@pytest.mark.xfail(strict=True, reason="known upward edge, see KNOWN for its owner")
-def test_known_upward_edges_are_gone(edge):
-    assert edge not in {(f, u) for f, u, _ in outside_violations()}, KNOWN[edge]
+    """Reusable logic lives in the library; commands only parse argv (benchmarks/fewshot_curve.py once did)."""
+    assert [f"{f}:{line}: imports clipforge.{u}" for f, u, line in outside_violations()] == []
 
 
 def test_the_checker_finds_upward_lazy_and_unknown_imports(tmp_path):

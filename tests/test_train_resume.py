@@ -266,3 +266,22 @@ def test_exact_resume_with_clipforge_data_loader(tmp_path):
     final = load_state(results["checkpoint"])["model"]
     for name, tensor in expected.items():
         assert torch.equal(final[name], tensor), name
+
+
+def test_fit_leaves_global_state_as_it_found_it(tmp_path):
+    """Seeding and deterministic mode are fit's own business: RNGs and flags are restored afterwards."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    assert not torch.are_deterministic_algorithms_enabled()
+    overrides = ["model.context_length=12", "data.num_samples=32", "data.batch_size=8", "max_steps=2",
+                 "deterministic=true", "log.progress=false", "log.plot=false", f"output_dir={tmp_path}"]  # fmt: skip
+    fit(load_config(TrainConfig, None, overrides))
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+    assert (np.random.get_state()[1] == before[2]).all()

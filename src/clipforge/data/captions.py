@@ -48,7 +48,24 @@ def _tokenizer_for(context_length: int, tokenizer: Tokenizer | None) -> Tokenize
     return tokenizer if tokenizer is not None else default_tokenizer(context_length)
 
 
-class PromptCaptioner:
+class _TokenTable:
+    """Every candidate caption (`texts`) tokenised once, on first use, into `token_table` (rows in `texts` order)."""
+
+    tokenizer: Tokenizer
+    _table: Tensor | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def token_table(self) -> Tensor:
+        if self._table is None:
+            self._table = self.tokenizer(self.texts)
+        return self._table
+
+
+class PromptCaptioner(_TokenTable):
     """Captions for labelled samples: class `c`, template `t` chosen per sample from (seed, epoch, index)."""
 
     def __init__(
@@ -66,7 +83,6 @@ class PromptCaptioner:
         self.classes, self.templates, self.seed = list(classes), list(templates), seed
         self.context_length = context_length
         self.tokenizer = _tokenizer_for(context_length, tokenizer)
-        self._table: Tensor | None = None
 
     @property
     def texts(self) -> list[str]:
@@ -82,13 +98,6 @@ class PromptCaptioner:
         template = self.templates[int(self.template_index(np.array([index]), epoch)[0])]
         return template.format(self.classes[label])
 
-    @property
-    def token_table(self) -> Tensor:
-        """(C * T, L) int64: tokens of class c with template t at row c * T + t."""
-        if self._table is None:
-            self._table = self.tokenizer(self.texts)
-        return self._table
-
     def tokens(self, labels: Tensor, index: Tensor, epoch: int) -> Tensor:
         """(B,) labels and sample indices -> (B, L) token ids."""
         rows = labels.to(torch.int64) * len(self.templates) + torch.from_numpy(
@@ -97,7 +106,7 @@ class PromptCaptioner:
         return self.token_table[rows]
 
 
-class ImageCaptions:
+class ImageCaptions(_TokenTable):
     """Several human captions per image (image–text data); one is used per image per epoch.
 
     Image `i` with `k` captions uses them in a seeded order that is reshuffled every `k` epochs: epochs
@@ -121,7 +130,6 @@ class ImageCaptions:
         self.max_count = int(counts.max()) if len(counts) else 1
         self.seed, self.context_length = seed, context_length
         self.tokenizer = _tokenizer_for(context_length, tokenizer)
-        self._table: Tensor | None = None
 
     @property
     def texts(self) -> list[str]:
@@ -143,13 +151,6 @@ class ImageCaptions:
 
     def caption(self, label: int, index: int, epoch: int) -> str:
         return self.captions[index][int(self.caption_index(torch.tensor([index]), epoch)[0])]
-
-    @property
-    def token_table(self) -> Tensor:
-        """(total captions, L) int64 in `texts` order."""
-        if self._table is None:
-            self._table = self.tokenizer(self.texts)
-        return self._table
 
     def tokens(self, labels: Tensor, index: Tensor, epoch: int) -> Tensor:
         index = torch.as_tensor(index, dtype=torch.int64)

@@ -19,12 +19,12 @@ from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch
 from clipforge.data.captions import DEFAULT_TEMPLATES, Captioner, PromptCaptioner, Tokenizer
 from clipforge.data.errors import SkipCounter
 from clipforge.data.labelled import LabelledArrays
-from clipforge.data.sampler import EpochSampler
+from clipforge.data.sampler import EpochSampler, SamplerPosition
 
 DEFAULT_AUGMENT = AugmentConfig()  # None instead means eval: resize + normalise only
 
 
-class ArrayLoader:
+class ArrayLoader(SamplerPosition):
     """Batches {"images", "text", "labels", "index"} of `LabelledArrays`, one epoch at a time.
 
     The batches of a given (seed, epoch) are identical whatever the resume point: the order comes from the
@@ -50,14 +50,6 @@ class ArrayLoader:
         self.image_size = image_size or (augment.image_size if augment else int(data.images.shape[1]))
 
     @property
-    def batch_size(self) -> int:
-        return self.sampler.batch_size
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.sampler.batches_per_epoch
-
-    @property
     def classes(self) -> list[str]:
         return list(self.data.classes)
 
@@ -68,16 +60,6 @@ class ArrayLoader:
     @property
     def skips(self) -> SkipCounter:
         return self.data.skips if self.data.skips is not None else SkipCounter()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def state_dict(self) -> dict:
-        """{"epoch", "offset", "seed"}: `load_state_dict` continues with the batch after the last one handed out."""
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
 
     def make_batch(self, index: Tensor, epoch: int) -> dict[str, Tensor]:
         """The batch for these sample indices in this epoch (pure function of its arguments)."""

@@ -19,7 +19,7 @@ from clipforge.data.cache import fit_square
 from clipforge.data.captions import PromptCaptioner, Tokenizer
 from clipforge.data.errors import SkipCounter, SkipSample
 from clipforge.data.records import Record, decode_caption, decode_image
-from clipforge.data.sampler import EpochBatchSampler, EpochSampler
+from clipforge.data.sampler import EpochBatchSampler, EpochSampler, SamplerPosition
 from clipforge.data.webdataset import seed_worker
 from clipforge.tokenizer import default_tokenizer
 
@@ -90,7 +90,7 @@ class RecordCollate:
         return batch
 
 
-class RecordLoader:
+class RecordLoader(SamplerPosition):
     """Worker-decoded batches {"images", "text", "labels", "index"} in the sampler's order (the one loader
     protocol of `clipforge.data.protocol`); a batch shrinks by its skipped samples."""
 
@@ -112,24 +112,13 @@ class RecordLoader:
         self.tokenizer = tokenizer or default_tokenizer()
         self.skips = SkipCounter()
 
-    @property
-    def batch_size(self) -> int:
-        return self.sampler.batch_size
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.sampler.batches_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
     def state_dict(self) -> dict:
         """The sampler's {"epoch", "offset", "seed"} (offset: samples requested so far, skipped ones included)
         and the skip counts so far."""
-        return {**self.sampler.state_dict(), "skips": self.skips.as_dict()}
+        return {**super().state_dict(), "skips": self.skips.as_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
+        super().load_state_dict(state)
         self.skips = SkipCounter(state.get("skips"))
 
     def __iter__(self) -> Iterator[dict]:

@@ -113,3 +113,27 @@ class EpochBatchSampler:
     def __len__(self) -> int:
         size = self.sampler.batch_size
         return -(-len(self.sampler) // size)
+
+
+class SamplerPosition:
+    """The loader protocol's position members for a loader whose order is an `EpochSampler` (`self.sampler`)."""
+
+    sampler: EpochSampler
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        """{"epoch", "offset", "seed"}: `load_state_dict` continues with the batch after the last one handed out."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
