@@ -133,15 +133,17 @@ def _distributed_worker(rank: int, init_prefix: str, out_prefix: str) -> None:
 
 
 def _distributed_case(rank: int, world_size: int) -> dict:
-    from clipforge.train.distributed import all_reduce_mean, average_gradients
+    from clipforge.train.distributed import all_reduce_mean
+    from clipforge.train.reducer import GradientReducer
 
     share = BATCH // world_size
     local = {k: v[rank * share : (rank + 1) * share] for k, v in linear_batch().items()}
     results = {}
     for form, accum in [("gather", 1), ("ring", 1), ("ring", 2)]:
         objective = objective_for(form)
-        loss = accumulate_gradients(objective, local, accum)["loss"]
-        average_gradients(list(objective.parameters()))
+        reducer = GradientReducer(list(objective.parameters()))  # as fit() averages gradients over ranks
+        loss = accumulate_gradients(objective, local, accum, before_last_backward=reducer.arm)["loss"]
+        reducer.finish()
         results[f"{form}_accum{accum}"] = (all_reduce_mean(loss).item(), grads_of(objective))
     memory = {form: _loss_memory(form, rank) for form in ("gather", "ring")}
     return {"results": results, "memory": memory}

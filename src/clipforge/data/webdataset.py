@@ -22,6 +22,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -321,3 +322,34 @@ class ShardLoader:
             if "images" in batch:
                 self.handed_out += 1
                 yield batch
+
+
+def open_stream(
+    shards,
+    config: StreamConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 2,
+    classes: list[str] | None = None,
+    templates: tuple[str, ...] = (),
+    context_length: int = 77,
+    pin_memory: bool = False,
+) -> ShardLoader:
+    """This rank's streaming loader. Captions: with `classes` (or a classes.txt beside local shards) each
+    sample's `.cls` label is captioned with `templates` (default: PromptCaptioner's 12); otherwise its `.txt`
+    member is the caption. Tokens: CLIP's BPE, `context_length` per row."""
+    from clipforge.data.captions import DEFAULT_TEMPLATES
+    from clipforge.data.public import classes_near
+    from clipforge.data.tarshards import is_remote
+
+    paths = expand_shards(shards)
+    if classes is None and paths and not is_remote(paths[0]):
+        classes = classes_near(Path(paths[0]).parent)
+    tokenizer = default_tokenizer(context_length)
+    captioner = None
+    if classes:
+        captioner = PromptCaptioner(
+            classes, templates or DEFAULT_TEMPLATES, config.seed, context_length, tokenizer
+        )
+    stream = ShardStream(paths, config, captioner, tokenizer, rank, world_size)
+    return ShardLoader(stream, num_workers=num_workers, pin_memory=pin_memory)

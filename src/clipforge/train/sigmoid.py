@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipforge.train.distributed import gather_features, world
-from clipforge.train.objectives import ContrastiveObjective
+from clipforge.train.objectives import ContrastiveObjective, register_objective
 from clipforge.train.ring import ring_sigmoid_loss
 
 SigmoidForm = Literal["gather", "ring"]
@@ -103,3 +103,16 @@ class SigmoidObjective(ContrastiveObjective):
         logit_scale = self.model.logit_scale.exp()
         loss = sigmoid_loss(image_features, text_features, logit_scale, self.logit_bias, form=self.form)
         return {"loss": loss, "logit_scale": logit_scale.detach(), "logit_bias": self.logit_bias.detach()}
+
+
+def _sigmoid(model: nn.Module, train_data, loss) -> nn.Module:
+    return SigmoidObjective(
+        model,
+        form=loss.sigmoid_form,
+        init_logit_scale=loss.sigmoid_init_logit_scale,
+        init_logit_bias=loss.sigmoid_init_logit_bias,
+        max_logit_scale=loss.max_logit_scale,
+    )
+
+
+register_objective("sigmoid", _sigmoid)
