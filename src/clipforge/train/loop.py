@@ -292,7 +292,9 @@ class _Run:
 
     def run(self) -> dict[str, Any]:
         self.resume()
-        self.saved_step = self.step
+        # The step of the newest checkpoint, None before the first; the same on every rank (save() is collective,
+        # and only rank 0 knows last_checkpoint's path: deciding on it made rank 1 save alone at the end).
+        self.saved_step = self.step if self.last_checkpoint is not None else None
         start_step, start_time = self.step, time.perf_counter()
         self.model.train()
         keep_locked_in_eval(self.model, self.config.model.lock_image, self.config.model.lock_text)
@@ -313,7 +315,7 @@ class _Run:
         wall_time_s = time.perf_counter() - start_time
         if self.zeroshot is not None and (not self.evals or self.evals[-1]["step"] != self.step):
             self.evaluate()
-        if self.saved_step != self.step or self.last_checkpoint is None:
+        if self.saved_step != self.step:
             self.save()
         return self.finish(wall_time_s, self.step - start_step)
 
