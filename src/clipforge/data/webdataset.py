@@ -351,5 +351,6 @@ def open_stream(
         captioner = PromptCaptioner(
             classes, templates or DEFAULT_TEMPLATES, config.seed, context_length, tokenizer
         )
+        _ = captioner.token_table  # tokenise the captions once, before the workers fork
     stream = ShardStream(paths, config, captioner, tokenizer, rank, world_size)
     return ShardLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
