@@ -152,3 +152,16 @@ def test_unnamed_siglip_file_matches_its_preset_by_shapes_with_a_warning(tmp_pat
         ours = load_any(tmp_path / "siglip.pt")
     images, text = zoo_inputs(ours.config, batch=1, seed=5)
     assert max(compare(ours, reference, images, text).values()) <= TOL
+
+
+@pytest.mark.slow
+def test_every_preset_full_size_one_after_another():
+    """Full-size parity up to 1e9 parameters (shape checks above), one model at a time to bound memory."""
+    from benchmarks.zoo_coverage import check
+
+    failures = {}
+    for name in OPEN_CLIP_SPECS:
+        row = check(name, max_params=1e9)
+        if row["status"] not in ("parity", "shapes"):
+            failures[name] = row
+    assert not failures, failures
