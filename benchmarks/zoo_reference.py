@@ -16,7 +16,7 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
-from clipforge.checkpoints.parity import randomize_
+from benchmarks.references import randomize_
 from clipforge.models import CLIPConfig, get_config
 
 SHALLOW_VOCAB = 1000

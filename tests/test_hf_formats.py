@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
+from benchmarks.references import randomize_
 from benchmarks.zoo_reference import clipforge_config, compare, max_abs_diff, random_open_clip, zoo_inputs
 from clipforge.checkpoints import load_any, save
-from clipforge.checkpoints.parity import randomize_
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-4

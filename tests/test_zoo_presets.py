@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 
+from benchmarks.references import randomize_
 from benchmarks.zoo_reference import (
     clipforge_config,
     compare,
@@ -22,7 +23,6 @@ from benchmarks.zoo_reference import (
     zoo_inputs,
 )
 from clipforge.checkpoints import load_any, save
-from clipforge.checkpoints.parity import randomize_
 from clipforge.encode import encode_tokens
 from clipforge.models import CLIP, get_config
 from clipforge.models.zoo_specs import OPEN_CLIP_SPECS, OPEN_CLIP_UNSUPPORTED

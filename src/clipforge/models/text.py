@@ -46,7 +46,8 @@ class TextTransformer(nn.Module):
         self.text_projection_bias = nn.Parameter(torch.zeros(embed_dim)) if config.projection_bias else None
         # Exact trimming: with a causal mask and pooling at the EOT (or first) token, positions after the
         # longest sequence in the batch cannot change any output. Export code switches it off; a bidirectional
-        # tower or "last" pooling never trims (`trims_exactly`).
+        # tower or "last" pooling never trims (`trims_exactly`). CPU only: reading the lengths is a host
+        # synchronisation, which on an accelerator stalls the queue.
         self.trim_to_longest = True
         # Large batches of mixed lengths run as length-sorted groups of >= group_rows rows, each trimmed to
         # its own longest text (rows are independent: same outputs, less padding computed).
@@ -79,7 +80,11 @@ class TextTransformer(nn.Module):
     def features(self, text: Tensor) -> Tensor:
         """Pooled features before the projection: (B, L) token ids -> (B, W)."""
         index = self.pool_index(text)  # (B,)
-        if not (self.trim_to_longest and self.trims_exactly) or torch.jit.is_tracing():
+        if (
+            not (self.trim_to_longest and self.trims_exactly)
+            or text.device.type != "cpu"
+            or torch.jit.is_tracing()
+        ):
             return self._features(text, index)
         groups = length_groups(index, self.group_rows)
         if len(groups) == 1:

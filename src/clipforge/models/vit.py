@@ -64,17 +64,25 @@ class VisionTransformer(nn.Module):
         )
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim)) if config.projection else None
         self.transformer.init_weights()
+        # FLIP (Li et al. 2023): in training, each image keeps a random (1 - patch_dropout) share of its patch
+        # tokens (the class token always); eval mode sees every patch. A training knob, not architecture.
+        self.patch_dropout = 0.0
 
     @property
     def feature_dim(self) -> int:
         return self.ln_post.normalized_shape[0]
 
-    def embed(self, images: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, T, W), T = (1 +) patches
+    def embed(self, images: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, T, W), T = (1 +) patches kept
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, W)
-        if self.class_embedding is not None:
-            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
-            x = torch.cat([cls, x], dim=1)  # (B, 1+N, W)
-        return self.ln_pre(x + self.positional_embedding.to(x.dtype))
+        positions = self.positional_embedding.to(x.dtype)  # ((1+)N, W)
+        has_cls = self.class_embedding is not None
+        x = x + positions[int(has_cls) :]
+        if self.training and self.patch_dropout > 0:
+            x = self._drop_patches(x)  # (B, N', W), N' = round((1 - patch_dropout) N)
+        if has_cls:
+            cls = (self.class_embedding.to(x.dtype) + positions[0]).expand(x.shape[0], 1, -1)  # (B, 1, W)
+            x = torch.cat([cls, x], dim=1)  # (B, 1+N', W)
+        return self.ln_pre(x)
 
     def features(self, images: Tensor) -> Tensor:
         """Pooled features before the final projection (the paper's linear-probe input): (B, W)."""
@@ -89,6 +97,12 @@ class VisionTransformer(nn.Module):
         if self.final_ln_after_pool:
             return self.ln_post(patches.mean(dim=1))
         return self.ln_post(patches).mean(dim=1)  # (B, W)
+
+    def _drop_patches(self, x: Tensor) -> Tensor:  # (B, N, W) -> (B, N', W): a random subset per image
+        B, N, W = x.shape
+        keep = max(1, round(N * (1 - self.patch_dropout)))
+        kept = torch.rand(B, N, device=x.device).argsort(dim=1)[:, :keep]  # (B, N') patch indices
+        return x.gather(1, kept[..., None].expand(-1, -1, W))
 
     def forward(self, images: Tensor) -> Tensor:  # images: (B, 3, H, W)
         features = self.features(images)  # (B, W)
