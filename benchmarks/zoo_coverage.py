@@ -53,7 +53,8 @@ def refused(name: str) -> dict:
 
 def shape_check(name: str) -> dict:
     reference = random_open_clip(name, device="meta")
-    theirs = {k: tuple(v.shape) for k, v in open_clip_to_clipforge(reference.state_dict()).items()}
+    converted = open_clip_to_clipforge(reference.state_dict())
+    theirs = {k: tuple(v.shape) for k, v in converted.items() if not k.endswith("num_batches_tracked")}
     with torch.device("meta"):
         ours = {k: tuple(v.shape) for k, v in CLIP(get_config(name)).state_dict().items()}
     ours = {k: v for k, v in ours.items() if not k.endswith("num_batches_tracked")}
@@ -86,9 +87,16 @@ def check(name: str, max_params: float) -> dict:
     return parity_check(name)
 
 
-def run(max_params: float = 1e9, only: list[str] | None = None, progress: bool = True) -> dict:
+def run(
+    max_params: float = 1e9,
+    only: list[str] | None = None,
+    progress: bool = True,
+    previous: dict | None = None,
+) -> dict:
+    """The report; with `only`, the other architectures' rows come from `previous` (a re-run of a subset)."""
     pairs = pretrained_pairs()
     names = [n for n in pairs if not only or n in only]
+    kept = {r["architecture"]: r for r in (previous or {}).get("rows", []) if r["architecture"] not in names}
     rows = []
     for name in tqdm(names, desc="zoo", disable=not progress):
         start = time.perf_counter()
@@ -100,6 +108,8 @@ def run(max_params: float = 1e9, only: list[str] | None = None, progress: bool =
             {"architecture": name, "tags": pairs[name], **row, "seconds": time.perf_counter() - start}
         )
         gc.collect()
+    fresh = {r["architecture"]: r for r in rows}
+    rows = [fresh.get(n) or kept[n] for n in pairs if n in fresh or n in kept]
     total = sum(len(tags) for tags in pairs.values())
     covered = sum(len(r["tags"]) for r in rows if r["status"] in ("parity", "shapes"))
     at_parity = sum(len(r["tags"]) for r in rows if r["status"] == "parity")
@@ -118,7 +128,7 @@ def run(max_params: float = 1e9, only: list[str] | None = None, progress: bool =
             "open_clip": open_clip.__version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "subset": only or "all",
+            "rerun_subset": only or "all",
         },
         "rows": rows,
     }
@@ -131,7 +141,7 @@ def markdown(report: dict) -> str:
         f"Covered: **{report['covered_pairs']} / {report['pairs']} (architecture, tag) pairs "
         f"({100 * report['covered_fraction']:.1f}%)**; {report['parity_pairs']} at parity on random weights "
         f"(max abs diff <= {TOL}), the rest shape-checked on the meta device (over "
-        f"{report['conditions']['max_params_for_parity']:.0e} parameters). Mismatches: "
+        f"{report['conditions']['max_params_for_parity']:.2g} parameters). Mismatches: "
         f"{', '.join(report['mismatches']) or 'none'}.",
         "",
         "Reproduce: `PYTHONPATH=src .venv/bin/python -m benchmarks.zoo_coverage` "
@@ -155,7 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="*", help="architecture names (default: every pretrained one)")
     parser.add_argument("--out", type=Path, default=RESULTS / "zoo", help="path stem for .json and .md")
     args = parser.parse_args(argv)
-    report = run(args.max_params, args.only)
+    previous_path = args.out.with_suffix(".json")
+    previous = json.loads(previous_path.read_text()) if args.only and previous_path.is_file() else None
+    report = run(args.max_params, args.only, previous=previous)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     args.out.with_suffix(".md").write_text(markdown(report))
