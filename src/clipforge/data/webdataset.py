@@ -334,10 +334,11 @@ def open_stream(
     templates: tuple[str, ...] = (),
     context_length: int = 77,
     pin_memory: bool = False,
+    tokenizer=None,
 ) -> ShardLoader:
     """This rank's streaming loader. Captions: with `classes` (or a classes.txt beside local shards) each
     sample's `.cls` label is captioned with `templates` (default: PromptCaptioner's 12); otherwise its `.txt`
-    member is the caption. Tokens: CLIP's BPE, `context_length` per row."""
+    member is the caption. Tokens: `tokenizer` (default CLIP's BPE), `context_length` per row."""
     from clipforge.data.captions import DEFAULT_TEMPLATES
     from clipforge.data.public import classes_near
     from clipforge.data.tarshards import is_remote
@@ -345,7 +346,7 @@ def open_stream(
     paths = expand_shards(shards)
     if classes is None and paths and not is_remote(paths[0]):
         classes = classes_near(Path(paths[0]).parent)
-    tokenizer = default_tokenizer(context_length)
+    tokenizer = tokenizer or default_tokenizer(context_length)
     captioner = None
     if classes:
         captioner = PromptCaptioner(

@@ -94,10 +94,11 @@ class LossSection:
     max_logit_scale: float = 100.0  # exp(logit_scale) is clamped to this after every step
     dedup_text: bool = False  # encode each distinct caption of a batch once (same result; template captions)
     # sigmoid (SigLIP): across ranks as a ring of neighbour exchanges (memory constant in world size) or by
-    # all-gathering the texts; initial temperature t' (null: the model's) and bias, as in the paper
+    # all-gathering the texts; initial temperature t' and bias b, as in the paper (null: keep the model's; the
+    # bias is the model's logit_bias when it has one, e.g. SigLIP presets, else the objective's own)
     sigmoid_form: Literal["ring", "gather"] = "ring"
     sigmoid_init_logit_scale: float | None = 2.302585092994046  # log 10
-    sigmoid_init_logit_bias: float = -10.0
+    sigmoid_init_logit_bias: float | None = -10.0
 
 
 @dataclass(frozen=True)
