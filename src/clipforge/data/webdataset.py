@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch
+from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch, mix64
 from clipforge.data.cache import CAPTION_KEYS, fit_square, sample_image_bytes, sample_label
 from clipforge.data.captions import PromptCaptioner, Tokenizer
 from clipforge.data.errors import MISSING_FIELD, DataSourceError, SkipCounter, SkipSample
 from clipforge.data.records import decode_caption, decode_image
 from clipforge.data.shard_plan import epoch_plan, resampled_reads
-from clipforge.data.shuffle_buffer import ShuffleBuffer, mix64
+from clipforge.data.shuffle_buffer import ShuffleBuffer
 from clipforge.data.tarshards import expand_shards, iter_shard, shard_sizes
 from clipforge.tokenizer import default_tokenizer
 
