@@ -15,7 +15,7 @@ from clipforge.models.prefix import pack_prefixes
 
 def length_sorted_batches(tokens: Tensor, batch_size: int) -> list[Tensor]:
     """Index batches of rows sorted by sequence length (EOT position), so each batch is trimmed tightly."""
-    lengths = tokens.argmax(dim=-1)  # EOT is the largest id
+    lengths = (tokens != 0).sum(dim=-1)  # zero padding (CLIP BPE; BERT's [PAD] is 0 too)
     order = torch.argsort(lengths, stable=True)
     return list(order.split(batch_size))
 
@@ -32,7 +32,7 @@ def encode_tokens(
     """(N, L) token ids -> (N, E) features in input order. Texts that start alike share the computation of
     their common prefix (models.prefix); `share_prefixes=False` encodes length-sorted padded batches."""
     out = torch.empty(tokens.shape[0], model.config.embed_dim, dtype=torch.float32)
-    if share_prefixes:
+    if share_prefixes and hasattr(model.text, "forward_packed"):  # causal towers only (not HF encoders)
         bar = tqdm(total=tokens.shape[0], desc="encode text", disable=not progress, unit="text")
         for pack in pack_prefixes(tokens, texts_per_batch=batch_size):
             features = model.text.forward_packed(pack)
@@ -51,7 +51,7 @@ def encode_texts(
     model: CLIP, texts: Sequence[str], batch_size: int = 256, normalize: bool = True, progress: bool = False
 ) -> Tensor:
     """Texts -> (N, E) features in input order, tokenised with the model's context length."""
-    from clipforge.tokenizer import tokenize
+    from clipforge.tokenizer import tokenizer_for
 
-    tokens = tokenize(list(texts), context_length=model.context_length, truncate=True)
+    tokens = tokenizer_for(model)(list(texts))
     return encode_tokens(model, tokens, batch_size, normalize, progress)

@@ -158,7 +158,7 @@ def _classes_from_table(path: Path) -> list[str]:
 
 def open_caption_shards(
     shards, image_size: int | None = None, context_length: int = 77, cache_dir: str | Path | None = None,
-    num_workers: int = 2, progress: bool = True,
+    num_workers: int = 2, progress: bool = True, tokenizer=None,
 ) -> tuple[LabelledArrays, FixedCaptions]:  # fmt: skip
     """Image–text shards (`.jpg` + `.txt`) decoded into memory: pass both to `ArrayLoader(data, captions, ...)`.
 
@@ -173,4 +173,4 @@ def open_caption_shards(
     )
     classes = [decoded.class_names.get(i, str(i)) for i in range(int(decoded.labels.max(initial=-1)) + 1)]
     data = LabelledArrays.from_arrays(decoded, classes, source=f"shards:{paths[0].parent}")
-    return data, FixedCaptions(decoded.captions, context_length)
+    return data, FixedCaptions(decoded.captions, context_length, tokenizer)

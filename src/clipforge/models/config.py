@@ -24,13 +24,20 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    kind: Literal["vit", "resnet"]
+    kind: Literal["vit", "resnet", "timm"]
     image_size: int
-    width: int
-    layers: int | tuple[int, ...]
+    width: int  # timm: informational (the trunk's feature width)
+    layers: int | tuple[int, ...]  # timm: informational
     patch_size: int | None = None  # ViT only
     heads: int | None = None  # default: width // 64 (ViT) or width * 32 // 64 (ResNet)
     mlp_ratio: float = 4.0
+    # kind="timm" (models/timm_tower.py): any timm architecture; keys and meaning as open_clip's vision_cfg
+    timm_model_name: str | None = None  # e.g. "tf_efficientnet_lite0", "convnext_base"
+    timm_pool: str = "avg"  # timm global pool ("avg", "token", "map", "" = the model's default) or "abs_attn"
+    timm_proj: Literal["linear", "mlp", "none"] = "linear"  # head after pooling ("none": timm's classifier)
+    timm_proj_bias: bool = False
+    timm_drop: float = 0.0  # dropout before the projection
+    timm_drop_path: float | None = None  # stochastic depth rate inside the trunk (None: timm's default)
 
     @property
     def num_heads(self) -> int:
@@ -47,6 +54,17 @@ class TextConfig:
     heads: int = 8
     layers: int = 12
     mlp_ratio: float = 4.0
+    # kind="hf" (models/hf_text.py): a transformers encoder; keys and meaning as open_clip's text_cfg
+    kind: Literal["transformer", "hf"] = "transformer"
+    hf_model_name: str | None = (
+        None  # where the weights came from (a folder or a name of clipforge.local_weights)
+    )
+    hf_config_json: str | None = None  # the encoder's config.json (compact JSON): rebuilds it offline
+    hf_tokenizer_name: str | None = None  # folder (or local_weights name) holding its tokenizer.json
+    hf_pooler_type: Literal["mean_pooler", "max_pooler", "cls_pooler", "cls_last_hidden_state_pooler"] = (
+        "mean_pooler"
+    )
+    hf_proj_type: Literal["linear", "mlp", "none"] = "linear"
 
 
 @dataclass(frozen=True)
@@ -151,6 +169,10 @@ PRESETS: dict[str, CLIPConfig] = {
         preprocess=PreprocessConfig(image_size=32),
     ),
 }
+
+from clipforge.models.tower_presets import TOWER_PRESETS  # noqa: E402 (it needs the classes above)
+
+PRESETS.update(TOWER_PRESETS)
 
 OPENAI_PRESETS = (
     "RN50",

@@ -17,6 +17,14 @@ class ModelSection:
     grad_checkpointing: bool = False
     lock_image: bool = False  # LiT: freeze the image tower
     lock_text: bool = False
+    # Pretrained towers (docs/towers.md): a file/folder or a clipforge.local_weights name, loaded into a timm
+    # image trunk (vision.kind=timm, e.g. "efficientnet-lite0") / an HF text encoder (text.kind=hf,
+    # e.g. "all-MiniLM-L6-v2"); projections start fresh.
+    image_tower: str | None = None
+    text_tower: str | None = None
+    lock_image_unlocked_groups: int = 0  # with lock_image: the last N timm layer groups still train
+    lock_text_unlocked_layers: int = 0  # with lock_text: the last N transformer layers still train
+    lock_text_freeze_layer_norm: bool = True
 
 
 @dataclass(frozen=True)

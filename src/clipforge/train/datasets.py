@@ -27,7 +27,10 @@ COLOR_RGB = (
 )
 
 
-def tokenize_captions(captions: list[str], context_length: int) -> torch.Tensor:
+def tokenize_captions(captions: list[str], context_length: int, tokenizer=None) -> torch.Tensor:
+    """OpenAI's BPE at `context_length`, or `tokenizer` (the model's own, `clipforge.tokenizer.tokenizer_for`)."""
+    if tokenizer is not None:
+        return tokenizer(captions)
     from clipforge import tokenize
 
     return tokenize(captions, context_length=context_length, truncate=True)
@@ -39,13 +42,20 @@ class SyntheticPairs:
     Sample i has class i % num_classes; its noise is a pure function of (seed, i)."""
 
     def __init__(
-        self, num_samples: int, image_size: int, context_length: int, num_classes: int = 10, seed: int = 0
+        self,
+        num_samples: int,
+        image_size: int,
+        context_length: int,
+        num_classes: int = 10,
+        seed: int = 0,
+        tokenizer=None,
     ):
         if not 1 <= num_classes <= len(COLOR_NAMES):
             raise ValueError(f"data.num_classes must be in [1, {len(COLOR_NAMES)}], got {num_classes}")
         self.num_samples, self.image_size, self.seed = num_samples, image_size, seed
         self.classnames = list(COLOR_NAMES[:num_classes])
-        self.class_tokens = tokenize_captions([f"a photo of a {c}." for c in self.classnames], context_length)
+        captions = [f"a photo of a {c}." for c in self.classnames]
+        self.class_tokens = tokenize_captions(captions, context_length, tokenizer)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -72,7 +82,12 @@ class CsvPairs:
     with `caption_template`. Images get the model's eval transform (no random augmentation)."""
 
     def __init__(
-        self, csv_path: str | Path, transform, context_length: int, caption_template: str = "a photo of a {}."
+        self,
+        csv_path: str | Path,
+        transform,
+        context_length: int,
+        caption_template: str = "a photo of a {}.",
+        tokenizer=None,
     ):
         self.csv_path = Path(csv_path)
         self.root, self.transform = self.csv_path.parent, transform
@@ -87,7 +102,7 @@ class CsvPairs:
             )
         self.paths = [r["path"] for r in rows]
         self.labels = torch.tensor([int(r["label"]) for r in rows]) if "label" in rows[0] else None
-        self.tokens = tokenize_captions(captions, context_length)
+        self.tokens = tokenize_captions(captions, context_length, tokenizer)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -55,7 +55,13 @@ def build_model(config: TrainConfig) -> nn.Module:
     if section.image_size is not None:
         model_config = model_config.with_image_size(section.image_size)
     if section.pretrained is None:
-        return CLIP(model_config)
+        model = CLIP(model_config)
+        load_pretrained_towers(model, section.image_tower, section.text_tower)
+        return model
+    if section.image_tower or section.text_tower:
+        raise ValueError(
+            "model.pretrained (a whole CLIP) cannot be combined with model.image_tower / text_tower"
+        )
     if model_config != get_config(section.name):
         raise ValueError("model.pretrained cannot be combined with model.context_length or model.image_size")
     from clipforge.factory import create_model
@@ -63,10 +69,22 @@ def build_model(config: TrainConfig) -> nn.Module:
     return create_model(section.name, pretrained=section.pretrained).train()
 
 
+def load_pretrained_towers(model: nn.Module, image_tower: str | None, text_tower: str | None) -> None:
+    """Pretrained unimodal weights into a fresh CLIP's timm image trunk / HF text encoder."""
+    from clipforge.checkpoints.towers import load_image_tower, load_text_tower
+
+    if image_tower:
+        load_image_tower(model, image_tower)
+    if text_tower:
+        load_text_tower(model, text_tower)
+
+
 def build_train_data(config: TrainConfig, model: nn.Module, info: D.DistInfo) -> TrainData:
+    from clipforge.tokenizer import tokenizer_for
     from clipforge.train.datasets import CsvPairs, SyntheticPairs
 
     data = config.data
+    tokenizer = tokenizer_for(model) if model.config.text.kind != "transformer" else None
     if data.kind == "synthetic":
         dataset = SyntheticPairs(
             data.num_samples,
@@ -74,12 +92,17 @@ def build_train_data(config: TrainConfig, model: nn.Module, info: D.DistInfo) ->
             model.context_length,
             data.num_classes,
             config.seed,
+            tokenizer,
         )
     elif data.kind == "csv":
         from clipforge.transforms import image_transform
 
         dataset = CsvPairs(
-            data.path, image_transform(model.config.preprocess), model.context_length, data.caption_template
+            data.path,
+            image_transform(model.config.preprocess),
+            model.context_length,
+            data.caption_template,
+            tokenizer,
         )
     elif data.kind in ("labelled", "shards"):
         return array_loader(config, model, info)
@@ -115,8 +138,15 @@ def array_loader(config: TrainConfig, model: nn.Module, info: D.DistInfo):
         image_size=size, mean=model.config.preprocess.mean, std=model.config.preprocess.std
     )
     progress = info.is_main and config.log.progress
+    tokenizer = None
+    if model.config.text.kind != "transformer":  # an HF text tower brings its own tokenizer
+        from clipforge.tokenizer import tokenizer_for
+
+        tokenizer = tokenizer_for(model)
     if data.kind == "shards":
-        arrays, captions = open_caption_shards(data.path, size, model.context_length, progress=progress)
+        arrays, captions = open_caption_shards(
+            data.path, size, model.context_length, progress=progress, tokenizer=tokenizer
+        )
         sampler = EpochSampler(
             len(arrays), config.seed, data.shuffle, info.rank, info.world_size, data.batch_size, True
         )
@@ -126,7 +156,7 @@ def array_loader(config: TrainConfig, model: nn.Module, info: D.DistInfo):
         batch_size=data.batch_size, seed=config.seed, context_length=model.context_length, augment=augment,
         shuffle=data.shuffle, **({"templates": tuple(data.templates)} if data.templates else {}),
     )  # fmt: skip
-    return labelled_loader(arrays, loader_config, info.rank, info.world_size)
+    return labelled_loader(arrays, loader_config, info.rank, info.world_size, tokenizer)
 
 
 def build_zeroshot_eval(config: TrainConfig, model: nn.Module) -> ZeroShotEval | None:
@@ -182,7 +212,11 @@ class _Run:
         self.model = (model if model is not None else build_model(config)).to(info.device)
         use_fast_layout(self.model, info.device)
         D.broadcast_module(self.model)
-        lock_towers(self.model, config.model.lock_image, config.model.lock_text)
+        section = config.model
+        lock_towers(
+            self.model, section.lock_image, section.lock_text, section.lock_image_unlocked_groups,
+            section.lock_text_unlocked_layers, section.lock_text_freeze_layer_norm,
+        )  # fmt: skip
         if config.model.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if train_data is None:

@@ -96,10 +96,10 @@ def class_embeddings(model: nn.Module, classnames: list[str], templates: list[st
         build_classifier = None
     if build_classifier is not None:
         return build_classifier(model, classnames, templates, cache_dir=False, progress=False).float()
-    from clipforge import tokenize
+    from clipforge.tokenizer import tokenizer_for
 
     texts = [t.format(c) for c in classnames for t in templates]
-    tokens = tokenize(texts, context_length=model.context_length, truncate=True)
+    tokens = tokenizer_for(model)(texts)
     device = next(model.parameters()).device
     features = model.encode_text(tokens.to(device), normalize=True).float()  # (C*T, E)
     features = features.view(len(classnames), len(templates), -1).mean(dim=1)  # (C, E)

@@ -65,6 +65,11 @@ def classifier_cache_key(
 
 
 def default_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
+    """The model's own tokenizer (OpenAI's BPE, or an HF text tower's), truncating at its context length."""
+    if hasattr(model, "config"):
+        from clipforge.tokenizer import tokenizer_for
+
+        return tokenizer_for(model)
     from clipforge import tokenize  # lazy: the tokenizer package is optional at import time
 
     context_length = getattr(model, "context_length", 77)

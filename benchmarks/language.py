@@ -1,0 +1,136 @@
+"""Three ways to learn from Flickr8k captions on one 2-core budget, measured side by side (issue #17 point 3).
+
+(a) scratch: ModifiedResNet + text transformer from scratch; (b) lit: locked EfficientNet-Lite0 + text
+transformer from scratch; (c) pretrained: locked EfficientNet-Lite0 + locked MiniLM-L6, projections trained.
+Each gets the same budget (`--minutes`, default 15) counted on the `cpu` clock (process CPU seconds / 1.5:
+the quiet 2-core equivalent on a shared host; `--clock wall` for a quiet machine). Reported per recipe:
+zero-shot top-1 with bootstrap 95% intervals on every unseen set's test split (capped by `--max-images`),
+Flickr8k val recall@1/5/10 both ways, held-out Flickr8k-train retrieval (the selection split), images seen,
+wall and CPU time, peak RSS. Writes benchmarks/results/language.{json,md,png}.
+
+    .venv/bin/python -m benchmarks.language                          # all three recipes
+    .venv/bin/python -m benchmarks.language --recipes pretrained     # one
+    .venv/bin/python -m benchmarks.language --choose-prompts         # prompt sets on validation splits
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.harness import machine_info
+from clipforge.results import markdown_table, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMAND = "python -m benchmarks.language"
+
+
+def run_one(name: str, minutes: float, clock: str, max_images: int | None, out: str, queue) -> None:
+    """One recipe in a fresh process (its own peak RSS), results onto `queue`."""
+    import torch
+
+    from clipforge.recipes.language import RECIPES, run_language
+
+    torch.set_num_threads(2)
+    recipe = replace(
+        RECIPES[name], minutes=minutes, budget_clock=clock, output_dir=f"{out}/{name}", progress=False
+    )
+    queue.put(run_language(recipe, max_images=max_images))
+
+
+def run_isolated(name: str, args) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(
+        target=run_one, args=(name, args.minutes, args.clock, args.max_images, args.out, queue)
+    )
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def table_rows(results: dict[str, dict]) -> list[dict]:
+    rows = []
+    for name, r in results.items():
+        row = {"recipe": name}
+        for set_name, z in r["zeroshot"].items():
+            row[set_name] = f"{z['top1']:.1%} [{z['ci95'][0]:.1%}, {z['ci95'][1]:.1%}]"
+        t2i, i2t = r["retrieval"]["text_to_image"], r["retrieval"]["image_to_text"]
+        row["t2i R@1/5/10"] = "/".join(f"{100 * t2i[k]:.1f}" for k in ("R@1", "R@5", "R@10"))
+        row["i2t R@1/5/10"] = "/".join(f"{100 * i2t[k]:.1f}" for k in ("R@1", "R@5", "R@10"))
+        row.update(images_seen=r["images_seen"], steps=r["steps"], plan=r["step_plan"],
+                   train_wall_s=r["train_wall_s"], train_cpu_s=r["train_cpu_s"], peak_rss_mb=r["peak_rss_mb"])  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def plot(results: dict[str, dict], path: Path) -> Path:
+    from clipforge.figures import pyplot, save_figure
+
+    plt = pyplot()
+    sets = list(next(iter(results.values()))["zeroshot"])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / (len(results) + 1)
+    for i, (name, r) in enumerate(results.items()):
+        values = [r["zeroshot"][s]["top1"] for s in sets] + [r["retrieval"]["text_to_image"]["R@5"]]
+        errors = [[r["zeroshot"][s]["top1"] - r["zeroshot"][s]["ci95"][0] for s in sets] + [0],
+                  [r["zeroshot"][s]["ci95"][1] - r["zeroshot"][s]["top1"] for s in sets] + [0]]  # fmt: skip
+        ax.bar([x + i * width for x in range(len(values))], values, width, yerr=errors, label=name, capsize=2)
+    chance = [next(iter(results.values()))["zeroshot"][s]["chance"] for s in sets]
+    ax.scatter(range(len(sets)), chance, marker="_", s=300, color="black", label="chance", zorder=3)
+    ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(sets) + 1)])
+    ax.set_xticklabels([*sets, "Flickr8k t2i R@5"])
+    ax.set(
+        ylabel="zero-shot top-1 / recall",
+        ylim=(0, 1),
+        title="Learning from Flickr8k captions: 3 recipes, same budget",
+    )
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def summary(results: dict[str, dict], args) -> str:
+    return (
+        "# Learning from real captions (Flickr8k), zero-shot on unseen label sets\n\n"
+        f"Command: `{COMMAND} {' '.join(sys.argv[1:])}`. Budget {args.minutes:g} min per recipe on the "
+        f"`{args.clock}` clock; test splits capped at {args.max_images} images (seeded, class-stratified).\n\n"
+        + markdown_table(table_rows(results))
+        + "\nReading: docs/language.md.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default="scratch,lit,pretrained")
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    parser.add_argument("--max-images", type=int, default=2500)
+    parser.add_argument("--out", default="runs/language")
+    parser.add_argument("--name", default="language", help="results file stem under benchmarks/results")
+    args = parser.parse_args(argv)
+    results = {}
+    for name in args.recipes.split(","):
+        results[name] = run_isolated(name, args)
+        print(
+            json.dumps({name: {k: results[name][k] for k in ("zeroshot", "retrieval", "images_seen")}}),
+            flush=True,
+        )
+    payload = {
+        "command": f"{COMMAND} {' '.join(argv or sys.argv[1:])}",
+        "machine": machine_info(),
+        "results": results,
+    }
+    files = write_results(RESULTS, args.name, payload, summary(results, args))
+    files["png"] = str(plot(results, RESULTS / f"{args.name}.png"))
+    print(files)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
