@@ -130,11 +130,14 @@ def test_load_pretrained_downloads_a_torchscript_file(server, tmp_path, monkeypa
     trace_open_clip(reference, tmp_path / "tiny.pt")
     data = (tmp_path / "tiny.pt").read_bytes()
     server.files["/clip/tiny-openai.pt"] = data
-    entry = registry.PretrainedEntry("tiny-openai", "openai", server.url("/clip/tiny-openai.pt"), _sha(data))
+    entry = registry.PretrainedEntry(
+        "tiny-openai", "openai", server.url("/clip/tiny-openai.pt"), _sha(data), "quick_gelu"
+    )
     monkeypatch.setitem(registry.PRETRAINED, ("tiny-openai", "openai"), entry)
     monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CLIPFORGE_OFFLINE", raising=False)
-    config = infer_config(read_torchscript_weights(tmp_path / "tiny.pt"))
+    with pytest.warns(UserWarning, match="head counts"):  # tiny shapes: no preset, heads are OpenAI's default
+        config = infer_config(read_torchscript_weights(tmp_path / "tiny.pt"), "quick_gelu")
     monkeypatch.setitem(PRESETS, "tiny-openai", config)
     model = load_pretrained("tiny-openai", "openai")
     images, text = sample_inputs(model, 2)

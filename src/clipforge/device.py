@@ -17,12 +17,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU has AVX512-BF16 or AMX (otherwise bf16 matmuls are emulated and 5x+ slower)."""
+    """True when the CPU has AMX-BF16 tiles. AVX512-BF16 alone is not enough: on such a Xeon a 2048^2 bf16
+    matmul measured 0.57x the fp32 speed (oneDNN converts more than it saves), and without either bf16 is
+    emulated (~90x slower)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    return "amx_bf16" in flags
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16", "fp16"]:

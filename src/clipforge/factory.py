@@ -44,19 +44,29 @@ def create_model_and_transforms(
     return model, image_transform(pre, train=True), image_transform(pre, train=False)
 
 
-def load(name_or_path: str | os.PathLike, device: str | torch.device = "auto", jit: bool = False):
-    """openai/CLIP's `load`: a model name ('ViT-B/32', downloaded if needed) or a checkpoint file of
-    any supported format. Returns (model, preprocess)."""
+def load(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    jit: bool = False,
+    model: str | None = None,
+):
+    """openai/CLIP's `load`: one of OpenAI's model names ('ViT-B/32', 'RN50', ...: OpenAI's weights,
+    QuickGELU, downloaded if needed) or a checkpoint file of any supported format. Returns (model, preprocess).
+
+    `model`: the architecture name a file was built with, for files that do not record it (OpenAI-layout
+    state_dicts and open_clip checkpoints): 'ViT-B-32' (GELU) vs 'ViT-B-32-quickgelu', as in open_clip."""
     if jit:
         raise ValueError(
             "jit=True is not supported: clipforge models are eager nn.Modules (use torch.compile)"
         )
     from clipforge.checkpoints import load_any
+    from clipforge.models.presets import OPENAI_NAMES
 
     device = resolve_device(device)
     if Path(name_or_path).exists():
-        model = load_any(name_or_path)
+        net = load_any(name_or_path, config=model)
     else:
-        model = create_model(str(name_or_path), pretrained="openai")
-    model = model.to(device).eval()
-    return model, image_transform(model.config.preprocess)
+        name = OPENAI_NAMES.get(str(name_or_path), str(name_or_path))
+        net = create_model(name, pretrained="openai")
+    net = net.to(device).eval()
+    return net, image_transform(net.config.preprocess)
