@@ -27,13 +27,20 @@ class CaptionDemoConfig:
     max_images: int | None = 2000  # per unseen test split (seeded, class-stratified subset); null: all
     train_limit: int | None = None  # use only N Flickr8k train images (smoke runs)
     epochs: float | None = None  # override the recipe's epochs
+    image_size: int | None = None  # override the resolution fed to the image tower
+    prompts: str = (
+        "chosen"  # "chosen": each set's prompt set picked on validation data (recipes.prompts); or a
+    )
+    # candidate name for all sets: plain, paper, imagenet80, flickr, flickr+paper
     output_dir: str = "runs/demo"
     threads: int = 2
     seed: int = 0
     progress: bool = True
 
 
-SMOKE_OVERRIDES = dict(minutes=None, max_images=60, train_limit=700, epochs=3.0)
+SMOKE_OVERRIDES = dict(
+    minutes=None, max_images=40, train_limit=300, epochs=3.0, image_size=64, prompts="plain"
+)
 
 
 def smoke_config(config: CaptionDemoConfig) -> CaptionDemoConfig:
@@ -48,12 +55,19 @@ def language_recipe(config: CaptionDemoConfig) -> LanguageRecipe:
     changes: dict[str, Any] = dict(
         minutes=config.minutes, output_dir=config.output_dir, seed=config.seed, progress=config.progress
     )
-    if config.epochs is not None:
-        changes["epochs"] = config.epochs
+    for key in ("epochs", "image_size"):
+        if getattr(config, key) is not None:
+            changes[key] = getattr(config, key)
     if config.train_limit is not None:
         changes["holdout_images"] = min(recipe.holdout_images, max(1, config.train_limit // 5))
         changes["batch_size"] = min(recipe.batch_size, 128)
     return replace(recipe, **changes)
+
+
+def prompt_sets(choice: str) -> dict[str, list[str]]:
+    from clipforge.recipes.prompts import PAPER_TEMPLATES, prompts_for
+
+    return {name: prompts_for(name, None if choice == "chosen" else choice) for name in PAPER_TEMPLATES}
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
@@ -86,7 +100,7 @@ def run_caption_demo(config: CaptionDemoConfig = CaptionDemoConfig()) -> dict[st
     torch.set_num_threads(config.threads)
     try:
         recipe = language_recipe(config)
-        results = run_language(recipe, max_images=config.max_images, train_limit=config.train_limit)
+        results = run_language(recipe, prompt_sets(config.prompts), config.max_images, config.train_limit)
     finally:
         torch.set_num_threads(threads)
     results["zeroshot"] = {

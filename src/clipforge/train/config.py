@@ -130,10 +130,6 @@ class TrainConfig:
             (self.log.every_steps >= 1, "log.every_steps must be >= 1"),
             (self.loss.max_logit_scale > 1, "loss.max_logit_scale must be > 1"),
             (
-                not (self.model.lock_image and self.model.lock_text),
-                "model.lock_image and lock_text: nothing to train",
-            ),
-            (
                 self.data.kind != "csv" or self.data.path is not None,
                 "data.path is required when data.kind=csv",
             ),

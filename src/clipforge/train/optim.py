@@ -33,7 +33,9 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     groups = [g for g in param_groups(model, weight_decay) if g["params"]]
     if not groups:
-        raise ValueError("no trainable parameters: both towers locked?")
+        raise ValueError(
+            "no trainable parameters: both towers locked (clipforge towers lock with their projections)?"
+        )
     # Fused kernels on GPU and CPU: on this project's 2-core CPU the fused step is ~5% of a demo training step
     # faster than the multi-tensor path, itself ~1.5x faster than the per-parameter loop.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
