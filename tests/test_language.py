@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from clipforge.models import CLIP, CLIPConfig, VisionConfig, get_config
@@ -107,3 +108,44 @@ def test_recipe_training_resumes_exactly(tmp_path):
     for name, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
     assert not torch.equal(whole.text.proj.weight, CLIP(tiny_tower_config()).text.proj.weight)
+
+
+def test_raw_image_pairs_are_augmented_and_keyed():
+    """A trained image tower gets uint8 images augmented per (seed, epoch, image): same batch twice, new epoch new."""
+    rows, tokens = synthetic_captions(8)
+    model = CLIP(get_config("flickr-resnet"))
+    images = torch.randint(0, 255, (8, 48, 48, 3), dtype=torch.uint8)
+    pairs = CaptionPairs(images, rows, tokens, augment=view_config(model), seed=0)
+    batch = pairs.get_batch([0, 3, 5], epoch=2)
+    assert batch["images"].shape == (3, 3, 64, 64) and "image_features" not in batch
+    assert torch.equal(batch["images"], pairs.get_batch([0, 3, 5], epoch=2)["images"])
+    assert not torch.equal(batch["images"], pairs.get_batch([0, 3, 5], epoch=3)["images"])
+    loss = CachedTowersObjective(model).loss(batch)["loss"]
+    assert torch.isfinite(loss) and loss > 0
+
+
+@pytest.mark.slow  # ~1 min on 2 quiet cores (real towers over ~900 real images); 14 min on a loaded host
+def test_caption_demo_smoke_end_to_end(shared_data, tmp_path, capsys):
+    import clipforge
+    from clipforge.commands.demo import main
+
+    if not (shared_data / "flickr8k" / "captions.csv").is_file():
+        pytest.fail(f"{shared_data / 'flickr8k'} missing: the caption demo needs ../shared/data/flickr8k")
+    results = main(["--smoke", "--out", str(tmp_path), "--no-progress"])
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert f"results: {tmp_path / 'demo.json'}" in printed and "Flickr8k val text_to_image" in printed
+    assert set(saved["zeroshot"]) == {"imagenette", "tiny-imagenet", "flowers5", "mnist", "cifar10"}
+    for name, row in saved["zeroshot"].items():
+        assert set(row) == {"top1", "ci95", "n", "classes", "chance"}, name
+        assert row["ci95"][0] <= row["top1"] <= row["ci95"][1] and row["n"] >= 40
+    assert saved["zeroshot"]["tiny-imagenet"]["classes"] == 200
+    for direction in ("text_to_image", "image_to_text"):
+        recalls = saved["retrieval"][direction]
+        assert recalls["R@1"] <= recalls["R@5"] <= recalls["R@10"]
+    assert saved["retrieval"]["text_to_image"]["R@10"] > 0.25 + 0.1  # 40 images: chance R@10 = 25%
+    assert saved["train_images"] == 240 and saved["images_seen"] == saved["steps"] * 128 == 3 * 128
+    assert saved["step_plan"] == "recipe" and results["checkpoint"] == saved["checkpoint"]
+    model, _ = clipforge.load(saved["checkpoint"], device="cpu")
+    assert model.config.text.kind == "hf" and model.config.vision.kind == "timm"
+    assert int(clipforge.get_tokenizer(model)(["a dog ."])[0, 0]) == 101
