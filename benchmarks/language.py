@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "python -m benchmarks.language"
 
 
-def run_one(name: str, minutes: float, clock: str, max_images: int | None, out: str, queue) -> None:
+def run_one(name: str, args: argparse.Namespace, queue) -> None:
     """One recipe in a fresh process (its own peak RSS), results onto `queue`."""
     import torch
 
@@ -37,17 +37,19 @@ def run_one(name: str, minutes: float, clock: str, max_images: int | None, out: 
 
     torch.set_num_threads(2)
     recipe = replace(
-        RECIPES[name], minutes=minutes, budget_clock=clock, output_dir=f"{out}/{name}", progress=False
+        RECIPES[name],
+        minutes=args.minutes,
+        budget_clock=args.clock,
+        output_dir=f"{args.out}/{name}",
+        progress=False,
     )
-    queue.put(run_language(recipe, max_images=max_images))
+    queue.put(run_language(recipe, max_images=args.max_images, train_limit=args.train_limit))
 
 
 def run_isolated(name: str, args) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(
-        target=run_one, args=(name, args.minutes, args.clock, args.max_images, args.out, queue)
-    )
+    process = context.Process(target=run_one, args=(name, args, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -99,7 +101,9 @@ def summary(results: dict[str, dict], args) -> str:
     return (
         "# Learning from real captions (Flickr8k), zero-shot on unseen label sets\n\n"
         f"Command: `{COMMAND} {' '.join(sys.argv[1:])}`. Budget {args.minutes:g} min per recipe on the "
-        f"`{args.clock}` clock; test splits capped at {args.max_images} images (seeded, class-stratified).\n\n"
+        f"`{args.clock}` clock; test splits capped at {args.max_images} images (seeded, class-stratified)"
+        + (f"; only {args.train_limit} Flickr8k train images (a reduced run)" if args.train_limit else "")
+        + ".\n\n"
         + markdown_table(table_rows(results))
         + "\nReading: docs/language.md.\n"
     )
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     parser.add_argument("--max-images", type=int, default=2500)
+    parser.add_argument("--train-limit", type=int, help="use only N Flickr8k train images (a reduced run)")
     parser.add_argument("--out", default="runs/language")
     parser.add_argument("--name", default="language", help="results file stem under benchmarks/results")
     args = parser.parse_args(argv)
