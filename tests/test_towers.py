@@ -138,10 +138,10 @@ def test_save_load_round_trip_is_exact(tmp_path, suffix):
 
 
 def test_zero_shot_paths_use_the_models_tokenizer():
-    from clipforge.zeroshot.classifier import build_classifier, default_tokenizer
+    from clipforge.zeroshot.classifier import build_classifier, model_tokenizer
 
     model = CLIP(get_config("lite0-minilm")).eval()
-    assert default_tokenizer(model) is clipforge.get_tokenizer(model)
+    assert model_tokenizer(model) is clipforge.get_tokenizer(model)
     weights = build_classifier(model, ["dog", "cat"], ["a photo of a {}."], cache_dir=False, progress=False)
     tokens = clipforge.get_tokenizer(model)(["a photo of a dog.", "a photo of a cat."])
     with torch.no_grad():

@@ -85,6 +85,8 @@ class CLIP(nn.Module):
                 tower.set_grad_checkpointing(enabled)
             elif isinstance(tower, (VisionTransformer, TextTransformer)):
                 tower.transformer.grad_checkpointing = enabled
+            elif isinstance(tower, ModifiedResNet):
+                tower.grad_checkpointing = enabled
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
