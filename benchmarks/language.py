@@ -10,7 +10,7 @@ wall and CPU time, peak RSS. Writes benchmarks/results/language.{json,md,png}.
 
     .venv/bin/python -m benchmarks.language                          # all three recipes
     .venv/bin/python -m benchmarks.language --recipes pretrained     # one
-    .venv/bin/python -m benchmarks.language --choose-prompts         # prompt sets on validation splits
+    .venv/bin/python -m benchmarks.language --check-normalisation    # which mean/std EfficientNet-Lite0 expects
 """
 
 from __future__ import annotations
@@ -109,6 +109,47 @@ def summary(results: dict[str, dict], args) -> str:
     )
 
 
+NORMALISATIONS = {
+    "0.5/0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "127/128": ((127 / 255,) * 3, (128 / 255,) * 3),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def check_normalisation() -> dict:
+    """ImageNet-1k top-1 of the converted EfficientNet-Lite0 on imagenette's few-shot *train* split (500 images,
+    1000-way) per input normalisation and size: which mean/std the weights expect (docs/towers.md)."""
+    import torch
+    from timm.data import ImageNetInfo
+
+    from clipforge.checkpoints.towers import load_image_tower
+    from clipforge.data import open_labelled_dataset
+    from clipforge.data.augment import eval_batch
+    from clipforge.models import CLIP, get_config
+    from clipforge.recipes.unseen import SHARED
+
+    torch.set_num_threads(2)
+    config = get_config("lite0-minilm")
+    config = replace(config, embed_dim=1000, vision=replace(config.vision, timm_proj="none"))
+    model = CLIP(config).eval()
+    load_image_tower(model, "efficientnet-lite0")
+    info = ImageNetInfo()
+    index = {info.index_to_label_name(i): i for i in range(1000)}
+    root = SHARED / "zeroshot" / "imagenette"
+    data = open_labelled_dataset(root, "train", progress=False)
+    wnids = [line.split("\t")[0] for line in (root / "classes.tsv").read_text().splitlines()]
+    targets = torch.tensor([index[wnids[int(label)]] for label in data.labels])
+    out = {}
+    for size in (224, 128):
+        for name, (mean, std) in NORMALISATIONS.items():
+            with torch.no_grad():
+                logits = torch.cat([model.visual(eval_batch(data.images[i : i + 100], size, mean, std))
+                                    for i in range(0, len(data.images), 100)])  # fmt: skip
+            out[f"{size}px {name}"] = float((logits.argmax(1) == targets).float().mean())
+            print(f"{size}px {name}: ImageNet top-1 {out[f'{size}px {name}']:.3f}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default="scratch,lit,pretrained")
@@ -118,7 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-limit", type=int, help="use only N Flickr8k train images (a reduced run)")
     parser.add_argument("--out", default="runs/language")
     parser.add_argument("--name", default="language", help="results file stem under benchmarks/results")
+    parser.add_argument(
+        "--check-normalisation", action="store_true", help="EfficientNet-Lite0 mean/std check only"
+    )
     args = parser.parse_args(argv)
+    if args.check_normalisation:
+        return check_normalisation()
     results = {}
     for name in args.recipes.split(","):
         results[name] = run_isolated(name, args)
