@@ -43,6 +43,8 @@ def run_one(name: str, args: argparse.Namespace, queue) -> None:
         output_dir=f"{args.out}/{name}",
         progress=False,
     )
+    if args.train_limit:  # a reduced run holds out a fifth of its images for selection
+        recipe = replace(recipe, holdout_images=min(recipe.holdout_images, args.train_limit // 5))
     queue.put(run_language(recipe, max_images=args.max_images, train_limit=args.train_limit))
 
 
@@ -65,8 +67,8 @@ def table_rows(results: dict[str, dict]) -> list[dict]:
         t2i, i2t = r["retrieval"]["text_to_image"], r["retrieval"]["image_to_text"]
         row["t2i R@1/5/10"] = "/".join(f"{100 * t2i[k]:.1f}" for k in ("R@1", "R@5", "R@10"))
         row["i2t R@1/5/10"] = "/".join(f"{100 * i2t[k]:.1f}" for k in ("R@1", "R@5", "R@10"))
-        row.update(images_seen=r["images_seen"], steps=r["steps"], plan=r["step_plan"],
-                   train_wall_s=r["train_wall_s"], train_cpu_s=r["train_cpu_s"], peak_rss_mb=r["peak_rss_mb"])  # fmt: skip
+        row.update(images_seen=r["images_seen"], steps=r.get("steps"), plan=r.get("step_plan"),
+                   train_wall_s=r.get("train_wall_s"), train_cpu_s=r.get("train_cpu_s"), peak_rss_mb=r.get("peak_rss_mb"))  # fmt: skip
         rows.append(row)
     return rows
 
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     payload = {
         "command": f"{COMMAND} {' '.join(argv or sys.argv[1:])}",
-        "machine": machine_info(),
+        "machine": machine_info(2),
         "results": results,
     }
     files = write_results(RESULTS, args.name, payload, summary(results, args))
