@@ -12,9 +12,9 @@ import json
 import pytest
 import torch
 
+from clipforge.data import EpochSampler, ImageCaptions
 from clipforge.models import CLIP, CLIPConfig, VisionConfig, get_config
-from clipforge.recipes.frozen import CachedTowersObjective, CaptionPairs, image_feature_cache, view_config
-from clipforge.train.loader import IndexedLoader
+from clipforge.recipes.frozen import CachedPairs, CachedTowersObjective, image_feature_cache, view_config
 
 
 def tiny_tower_config() -> CLIPConfig:
@@ -25,38 +25,52 @@ def tiny_tower_config() -> CLIPConfig:
     return CLIPConfig(embed_dim=16, vision=vision, text=text)
 
 
-def synthetic_captions(count: int, per_image: int = 5) -> tuple[list[list[int]], torch.Tensor]:
-    rows = [list(range(i * per_image, (i + 1) * per_image)) for i in range(count)]
-    tokens = torch.randint(1000, 2000, (count * per_image, 8), generator=torch.Generator().manual_seed(0))
-    tokens[:, 0], tokens[:, -1] = 101, 102
-    return rows, tokens
+def synthetic_captions(count: int, per_image: int = 5, seed: int = 0) -> ImageCaptions:
+    """Image i's captions "i j" (j < per_image), tokenised as [CLS] i j [SEP] by a stand-in tokenizer."""
+
+    def tokenizer(texts):
+        ids = torch.tensor([[int(w) for w in t.split()] for t in texts])
+        return torch.cat([torch.full((len(texts), 1), 101), ids + 1000, torch.full((len(texts), 1), 102)], 1)
+
+    return ImageCaptions([[f"{i} {j}" for j in range(per_image)] for i in range(count)], seed, 4, tokenizer)
 
 
-def test_caption_sampling_draws_own_captions_varies_by_epoch_and_is_seeded():
-    rows, tokens = synthetic_captions(64)
-    pairs = CaptionPairs(torch.zeros(64, 2, 4, dtype=torch.float16), rows, tokens, seed=3)
-    index = torch.arange(64)
-    first, second = pairs.caption_row(index, 0), pairs.caption_row(index, 1)
-    assert torch.equal(first // 5, index)  # every image gets one of its own five captions
-    assert (first != second).float().mean() > 0.6  # a new draw each epoch (4/5 expected to differ)
-    assert torch.equal(first, CaptionPairs(pairs.images, rows, tokens, seed=3).caption_row(index, 0))
-    counts = torch.bincount(
-        torch.stack([pairs.caption_row(index, e) % 5 for e in range(50)]).flatten(), minlength=5
-    )
-    assert counts.min() > 0.15 * counts.sum()  # all five captions used, roughly evenly
-    uneven = CaptionPairs(pairs.images[:2], [[0], [1, 2, 3]], tokens, seed=0)
-    draws = torch.stack([uneven.caption_row(torch.arange(2), e) for e in range(30)])
-    assert set(draws[:, 0].tolist()) == {0} and set(draws[:, 1].tolist()) == {1, 2, 3}
+def cached_pairs(count: int, views: int = 2, batch_size: int = 8, seed: int = 1) -> CachedPairs:
+    captions = synthetic_captions(count, seed=seed)
+    text_features = torch.arange(count * 5, dtype=torch.float16)[:, None].expand(-1, 3)  # row number
+    sampler = EpochSampler(count, seed, batch_size=batch_size, drop_last=True)
+    features = torch.randn(count, views, 4, generator=torch.Generator().manual_seed(seed)).half()
+    return CachedPairs(features, captions, sampler, text_features)
 
 
-def test_loader_resumes_mid_epoch_with_the_same_pairs():
-    rows, tokens = synthetic_captions(40)
-    pairs = CaptionPairs(torch.randn(40, 3, 4).half(), rows, tokens, torch.randn(200, 6).half(), seed=1)
-    loader = IndexedLoader(pairs, 8, seed=1)
-    full = [b for epoch in range(2) for b in loader.batches(epoch, 0)]
-    resumed = list(loader.batches(0, 0))[:2] + list(loader.batches(0, 16)) + list(loader.batches(1, 0))
-    assert len(full) == len(resumed) == 10
-    for a, b in zip(full, resumed, strict=True):
+def test_cached_pairs_use_each_images_own_captions_once_per_cycle():
+    """Image i gets its own captions (tokens and cached features of the same row), each once per 5 epochs."""
+    pairs = cached_pairs(64, batch_size=16)
+    seen = []
+    for epoch in range(5):
+        pairs.set_epoch(epoch)
+        batches = list(pairs)
+        assert len(batches) == pairs.batches_per_epoch == 4
+        index = torch.cat([b["index"] for b in batches])
+        rows = torch.cat([b["text_features"][:, 0] for b in batches]).long()
+        text = torch.cat([b["text"] for b in batches])
+        assert torch.equal(rows // 5, index) and torch.equal(text[:, 1] - 1000, index)
+        assert torch.equal(text[:, 2] - 1000, rows % 5)
+        seen.append(rows[index.argsort()])
+    assert torch.equal(torch.stack(seen).sort(0).values % 5, torch.arange(5)[:, None].expand(5, 64))
+
+
+def test_cached_pairs_resume_mid_epoch_with_the_same_batches():
+    pairs = cached_pairs(40)
+    pairs.set_epoch(0)
+    full = list(pairs)
+    pairs.set_epoch(0)
+    head = [b for _, b in zip(range(2), pairs, strict=False)]
+    state = pairs.state_dict()
+    resumed = cached_pairs(40)
+    resumed.load_state_dict(state)
+    assert state["offset"] == 16 and len(full) == 5
+    for a, b in zip(full, head + list(resumed), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in ("index", "text", "text_features", "image_features"))
 
 
@@ -85,7 +99,6 @@ def test_recipe_training_resumes_exactly(tmp_path):
     from clipforge.train.config import CheckpointSection, DataSection, LogSection, ModelSection, TrainConfig
     from clipforge.train.optim import lock_towers
 
-    rows, tokens = synthetic_captions(32)
     features = torch.randn(32, 2, CLIP(tiny_tower_config()).visual.feature_dim).half()
     text_features = torch.randn(160, 32).half()
 
@@ -98,7 +111,8 @@ def test_recipe_training_resumes_exactly(tmp_path):
             checkpoint=CheckpointSection(resume=resume), log=LogSection(progress=False, plot=False),
             output_dir=str(out), epochs=2, max_steps=max_steps, device="cpu", precision="fp32",
         )  # fmt: skip
-        loader = IndexedLoader(CaptionPairs(features, rows, tokens, text_features, seed=2), 8, seed=2)
+        sampler = EpochSampler(32, 2, batch_size=8, drop_last=True)
+        loader = CachedPairs(features, synthetic_captions(32, seed=2), sampler, text_features)
         fit(config, model=model, train_data=loader, objective=CachedTowersObjective(model))
         return model
 
@@ -110,16 +124,20 @@ def test_recipe_training_resumes_exactly(tmp_path):
     assert not torch.equal(whole.text.proj.weight, CLIP(tiny_tower_config()).text.proj.weight)
 
 
-def test_raw_image_pairs_are_augmented_and_keyed():
-    """A trained image tower gets uint8 images augmented per (seed, epoch, image): same batch twice, new epoch new."""
-    rows, tokens = synthetic_captions(8)
-    model = CLIP(get_config("flickr-resnet"))
+def test_trained_image_tower_gets_augmented_raw_images():
+    """recipe (a): the library's ArrayLoader over uint8 images + sampled captions; the objective takes them."""
+    from clipforge.recipes.flickr import CaptionedImages
+    from clipforge.recipes.language import RECIPES, training_data
+
+    recipe = dataclasses.replace(RECIPES["scratch"], batch_size=4, progress=False)
+    model = CLIP(get_config(recipe.model))
     images = torch.randint(0, 255, (8, 48, 48, 3), dtype=torch.uint8)
-    pairs = CaptionPairs(images, rows, tokens, augment=view_config(model), seed=0)
-    batch = pairs.get_batch([0, 3, 5], epoch=2)
-    assert batch["images"].shape == (3, 3, 64, 64) and "image_features" not in batch
-    assert torch.equal(batch["images"], pairs.get_batch([0, 3, 5], epoch=2)["images"])
-    assert not torch.equal(batch["images"], pairs.get_batch([0, 3, 5], epoch=3)["images"])
+    loader = training_data(model, recipe, CaptionedImages(images, [[f"a photo {i} ."] for i in range(8)]))
+    loader.set_epoch(2)
+    batch = next(iter(loader))
+    assert batch["images"].shape == (4, 3, 64, 64) and batch["text"].shape == (4, model.context_length)
+    assert torch.equal(batch["images"], loader.make_batch(batch["index"], 2)["images"])
+    assert not torch.equal(batch["images"], loader.make_batch(batch["index"], 3)["images"])
     loss = CachedTowersObjective(model).loss(batch)["loss"]
     assert torch.isfinite(loss) and loss > 0
 

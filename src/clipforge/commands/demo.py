@@ -76,8 +76,8 @@ def captions_demo(args: argparse.Namespace) -> dict:
 
 
 def cifar10_demo(args: argparse.Namespace) -> dict:
-    from clipforge.demo import DemoConfig, run_demo, smoke_config
     from clipforge.overrides import load_config
+    from clipforge.recipes.demo import DemoConfig, run_demo, smoke_config
 
     config = load_config(DemoConfig, args.config, args.overrides)
     if args.smoke:

@@ -2,13 +2,15 @@
 
 A locked tower's output never changes during training, so re-running it every epoch wastes nearly all of a
 CPU budget. `image_feature_cache` runs the locked image trunk once over `views` augmented copies of each
-training image; `text_feature_cache` runs a locked text encoder once over every caption. `CaptionPairs` then
-serves batches of (cached or raw) images with one of their captions drawn per (seed, epoch, image), and
+training image; `text_feature_cache` runs a locked text encoder once over every caption. `CachedPairs` then
+serves batches of cached features with one of their captions drawn per (seed, epoch, image), and
 `CachedTowersObjective` is CLIP's loss with the cached parts replaced by their projections. Exact: a cached
 feature equals the locked tower's output on the same augmented image (both run in eval mode).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -16,10 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clipforge.data import ImageCaptions
 from clipforge.data.augment import AugmentConfig, augment_batch, keyed_uniform
+from clipforge.data.sampler import EpochSampler, SamplerPosition
 from clipforge.train.objectives import ContrastiveObjective
 
-STREAM_CAPTION, STREAM_VIEW = 11, 12
+STREAM_VIEW = 12  # keyed_uniform stream of the cached-view draw (clipforge.data.augment uses 1..7)
 
 
 def view_config(model, image_size: int | None = None, scale=(0.6, 1.0)) -> AugmentConfig:
@@ -72,54 +76,56 @@ def text_feature_cache(model, tokens: Tensor, batch_size: int = 256, progress=Tr
     return torch.cat(out)
 
 
-class CaptionPairs:
-    """Image i with one of its captions, drawn per (seed, epoch, i): a map-style dataset for IndexedLoader.
+class CachedPairs(SamplerPosition):
+    """The one loader protocol (clipforge.data.protocol) over a locked image tower's cached features.
 
-    images: (N, V, D) cached features (a view drawn per (seed, epoch, i)) or (N, H, W, 3) uint8 (augmented
-    with `augment`); captions: per image, rows into `caption_tokens` (M, L) and optional `caption_features`
-    (M, W) (a locked text tower's cache)."""
+    Batches {"image_features" (B, D), "text" (B, L), "index" (B,)} (+ "text_features" (B, W) when a locked text
+    tower's features are cached): image i with the caption `captions` (clipforge.data.ImageCaptions, the same
+    sampler of human captions as the trainer's `data.kind=table`) picks for it in the epoch, and one of its
+    cached views drawn per (seed, epoch, i). Order and position come from the `EpochSampler`, so a resumed run
+    gets exactly the batches an uninterrupted one would have."""
 
     def __init__(
         self,
-        images: Tensor,
-        caption_rows: list[list[int]],
-        caption_tokens: Tensor,
-        caption_features: Tensor | None = None,
-        augment: AugmentConfig | None = None,
-        seed: int = 0,
+        image_features: Tensor,
+        captions: ImageCaptions,
+        sampler: EpochSampler,
+        text_features: Tensor | None = None,
     ):
-        if len(images) != len(caption_rows):
-            raise ValueError(f"{len(images)} images but captions for {len(caption_rows)}")
-        self.images, self.caption_tokens, self.caption_features = images, caption_tokens, caption_features
-        self.augment, self.seed = augment, seed
-        self.cached_images = images.dtype != torch.uint8
-        self.counts = np.array([len(rows) for rows in caption_rows])
-        width = int(self.counts.max())
-        self.rows = np.array(
-            [rows + rows[:1] * (width - len(rows)) for rows in caption_rows]
-        )  # (N, K) padded
+        if len(image_features) != len(captions.captions) or sampler.num_samples != len(image_features):
+            raise ValueError(
+                f"{len(image_features)} cached images, captions for {len(captions.captions)}, sampler over "
+                f"{sampler.num_samples}: all three must match"
+            )
+        if text_features is not None and len(text_features) != len(captions.texts):
+            raise ValueError(f"{len(text_features)} cached text features for {len(captions.texts)} captions")
+        self.image_features, self.captions, self.sampler = image_features, captions, sampler
+        self.text_features = text_features
 
-    def __len__(self) -> int:
-        return len(self.images)
+    @property
+    def caption_texts(self) -> list[str]:
+        return self.captions.texts
 
-    def caption_row(self, index: Tensor, epoch: int) -> Tensor:
-        """(B,) rows of the drawn captions."""
-        pick = (keyed_uniform(self.seed, epoch, index, STREAM_CAPTION) * self.counts[index]).astype(np.int64)
-        return torch.from_numpy(self.rows[index.numpy(), pick])
-
-    def get_batch(self, indices: list[int], epoch: int = 0) -> dict[str, Tensor]:
-        index = torch.tensor(indices, dtype=torch.int64)
-        rows = self.caption_row(index, epoch)
-        batch = {"text": self.caption_tokens[rows], "index": index}
-        if self.caption_features is not None:
-            batch["text_features"] = self.caption_features[rows]
-        if self.cached_images:
-            views = self.images.shape[1]
-            view = (keyed_uniform(self.seed, epoch, index, STREAM_VIEW) * views).astype(np.int64)
-            batch["image_features"] = self.images[index, torch.from_numpy(view)]
-        else:
-            batch["images"] = augment_batch(self.images[index], index, epoch, self.seed, self.augment)
+    def make_batch(self, index: Tensor, epoch: int) -> dict[str, Tensor]:
+        """The batch for these sample indices in this epoch (a pure function of its arguments)."""
+        rows = self.captions.rows(index, epoch)
+        views = self.image_features.shape[1]
+        view = (keyed_uniform(self.sampler.seed, epoch, index, STREAM_VIEW) * views).astype(np.int64)
+        batch = {
+            "image_features": self.image_features[index, torch.from_numpy(view)],
+            "text": self.captions.token_table[rows],
+            "index": index,
+        }
+        if self.text_features is not None:
+            batch["text_features"] = self.text_features[rows]
         return batch
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        """The current epoch from the current position; the position advances as each batch is handed out."""
+        epoch = self.sampler.epoch
+        for index in self.sampler.batches():
+            self.sampler.offset += len(index)
+            yield self.make_batch(index, epoch)
 
 
 class CachedTowersObjective(ContrastiveObjective):

@@ -87,33 +87,29 @@ def build_model(recipe: LanguageRecipe):
     return model
 
 
-def caption_table(model, data: CaptionedImages) -> tuple[list[list[int]], torch.Tensor]:
-    """Per image the rows of its captions, and all captions tokenised with the model's own tokenizer."""
+def training_data(model, recipe: LanguageRecipe, train: CaptionedImages):
+    """The loader fit() trains on: `CachedPairs` over the locked image trunk's cached features (and the locked
+    text tower's), or the library's `ArrayLoader` over augmented raw images when the image tower trains."""
+    from clipforge.data import ArrayLoader, EpochSampler, LabelledArrays
+    from clipforge.recipes.frozen import CachedPairs, image_feature_cache, text_feature_cache, view_config
     from clipforge.tokenizer import tokenizer_for
 
-    rows, start = [], 0
-    for captions in data.captions:
-        rows.append(list(range(start, start + len(captions))))
-        start += len(captions)
-    return rows, tokenizer_for(model)(data.flat_captions)
-
-
-def training_pairs(model, recipe: LanguageRecipe, train: CaptionedImages):
-    """CaptionPairs over cached features of the locked towers (raw images for a trained image tower)."""
-    from clipforge.recipes.frozen import CaptionPairs, image_feature_cache, text_feature_cache, view_config
-
     augment = view_config(model)
-    rows, tokens = caption_table(model, train)
-    images = train.images
-    if recipe.lock_image:
-        images = image_feature_cache(
-            model, train.images, recipe.image_views, augment, recipe.seed, progress=recipe.progress
-        )
-    text_features = text_feature_cache(model, tokens, progress=recipe.progress) if recipe.lock_text else None
-    return CaptionPairs(images, rows, tokens, text_features, augment, recipe.seed)
+    captions = train.captioner(recipe.seed, model.context_length, tokenizer_for(model))
+    sampler = EpochSampler(len(train), recipe.seed, batch_size=recipe.batch_size, drop_last=True)
+    if not recipe.lock_image:
+        arrays = LabelledArrays(train.images, torch.full((len(train),), -1), [], "flickr8k")
+        return ArrayLoader(arrays, captions, sampler, augment)
+    images = image_feature_cache(
+        model, train.images, recipe.image_views, augment, recipe.seed, progress=recipe.progress
+    )
+    text_features = None
+    if recipe.lock_text:
+        text_features = text_feature_cache(model, captions.token_table, progress=recipe.progress)
+    return CachedPairs(images, captions, sampler, text_features)
 
 
-def measure_step_s(model, pairs, batch_size: int, clock: BudgetClock) -> float:
+def measure_step_s(model, loader, batch_size: int, clock: BudgetClock) -> float:
     """Budget seconds per optimizer step on a throwaway copy (the fastest of 3, after one warm-up)."""
     import copy
 
@@ -122,7 +118,7 @@ def measure_step_s(model, pairs, batch_size: int, clock: BudgetClock) -> float:
     probe = copy.deepcopy(model).train()
     objective = CachedTowersObjective(probe)
     optimizer = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=1e-9)
-    batch = pairs.get_batch(list(range(min(batch_size, len(pairs)))), 0)
+    batch = loader.make_batch(torch.arange(batch_size), 0)  # CachedPairs and ArrayLoader both build batches
     times = []
     for _ in range(4):
         start = clock.now()
@@ -158,11 +154,10 @@ class BudgetClock:
 
 
 def plan_steps(
-    recipe: LanguageRecipe, samples: int, spent_s: float, step_s: float, reserve_s: float = 0.0
+    recipe: LanguageRecipe, per_epoch: int, spent_s: float, step_s: float, reserve_s: float = 0.0
 ) -> tuple[int, str]:
-    """(steps, why): the recipe's epochs, or what the budget leaves after the caches and `reserve_s`
-    (the evaluation still to come)."""
-    per_epoch = max(1, samples // recipe.batch_size)
+    """(steps, why): the recipe's epochs of `per_epoch` steps, or what the budget leaves after the caches and
+    `reserve_s` (the evaluation still to come)."""
     wanted = max(1, round(recipe.epochs * per_epoch))
     if recipe.minutes is None:
         return wanted, "recipe"
@@ -181,21 +176,19 @@ def train_language(
 ) -> tuple[Any, dict[str, Any]]:
     """Build, cache, train; returns (model, training facts). `eval_images`: images the caller will encode
     after training, reserved in the budget at the image tower's measured speed."""
+    from clipforge.recipes.common import in_memory_run
     from clipforge.recipes.frozen import CachedTowersObjective
     from clipforge.train import fit
-    from clipforge.train.config import in_memory_run
-    from clipforge.train.loader import IndexedLoader
 
     clock, wall_start, cpu_start = BudgetClock(recipe.budget_clock), time.perf_counter(), time.process_time()
     model = build_model(recipe)
-    pairs = training_pairs(model, recipe, train)
+    loader = training_data(model, recipe, train)
     cache_s = clock.spent()
-    step_s = measure_step_s(model, pairs, recipe.batch_size, clock)
+    step_s = measure_step_s(model, loader, recipe.batch_size, clock)
     image_s = measure_image_s(model, train, clock) if eval_images else 0.0
-    loader = IndexedLoader(pairs, recipe.batch_size, seed=recipe.seed)
     reserve_s = eval_images * image_s * 1.3 + 10.0  # encoding the eval images, prompts and captions
-    steps, why = plan_steps(recipe, loader.samples_per_epoch, clock.spent(), step_s, reserve_s)
-    epochs = math.ceil(steps * recipe.batch_size / loader.samples_per_epoch)
+    steps, why = plan_steps(recipe, loader.batches_per_epoch, clock.spent(), step_s, reserve_s)
+    epochs = math.ceil(steps / loader.batches_per_epoch)
     config = in_memory_run(_RunSettings.of(recipe), steps, epochs, str(Path(recipe.output_dir) / "train"))
     config = replace(
         config, model=replace(config.model, lock_image=recipe.lock_image, lock_text=recipe.lock_text)
@@ -225,7 +218,7 @@ def measure_image_s(model, train: CaptionedImages, clock: BudgetClock, count: in
 
 @dataclass(frozen=True)
 class _RunSettings:
-    """What `clipforge.train.config.in_memory_run` reads of a recipe."""
+    """What `clipforge.recipes.common.in_memory_run` reads of a recipe."""
 
     model: str
     batch_size: int

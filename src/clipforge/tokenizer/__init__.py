@@ -13,10 +13,15 @@ from clipforge.tokenizer.select import tokenizer_for
 from clipforge.tokenizer.tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer
 
 
-@lru_cache(maxsize=1)
-def default_tokenizer() -> Tokenizer:
-    """The process-wide tokenizer behind `tokenize` (built on first use, ~0.3 s)."""
-    return Tokenizer()
+@lru_cache(maxsize=8)
+def default_tokenizer(context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
+    """The one shared tokenizer for texts fed to a model with this context length: long texts are truncated
+    (the last kept token is EOT), as open_clip's. Built on first use per length (the BPE vocabulary is loaded
+    once); picklable, so DataLoader workers rebuild it from the vocabulary file.
+
+    Pass `model.context_length` for a model's text tower; `tokenize` uses the 77-token one with
+    `truncate=False` unless told otherwise."""
+    return Tokenizer(context_length=context_length, truncate=True)
 
 
 def tokenize(
@@ -26,7 +31,7 @@ def tokenize(
 
     Too-long texts raise ValueError unless `truncate=True` (then the last kept token is EOT).
     """
-    return default_tokenizer()(texts, context_length=context_length, truncate=truncate)
+    return default_tokenizer(context_length)(texts, truncate=truncate)
 
 
 def get_tokenizer(name=None):
@@ -36,17 +41,13 @@ def get_tokenizer(name=None):
     Like open_clip's, it uses the model's context length and truncates long texts by default.
     """
     if name is None:
-        return Tokenizer(context_length=DEFAULT_CONTEXT_LENGTH, truncate=True)
+        return default_tokenizer(DEFAULT_CONTEXT_LENGTH)
     from clipforge.models.config import CLIPConfig, get_config
 
     config = (
         get_config(name) if isinstance(name, str) else name if isinstance(name, CLIPConfig) else name.config
     )
-    if config.text.kind == "hf":
-        from clipforge.tokenizer.select import tokenizer_for
-
-        return tokenizer_for(config)
-    return Tokenizer(context_length=config.text.context_length, truncate=True)
+    return tokenizer_for(config)
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import lru_cache
 
 
 @lru_cache(maxsize=8)
@@ -24,10 +24,10 @@ def tokenizer_for(model_or_config):
     elif not isinstance(config, CLIPConfig):
         config = config.config  # a CLIP model
     text = config.text
-    if text.kind == "hf":
-        if not text.hf_tokenizer_name:
-            raise ValueError("text.hf_tokenizer_name is empty: an HF text tower needs its tokenizer's folder")
+    if text.hf_tokenizer_name:  # an HF text tower, or a native one trained with an HF tokenizer (open_clip's)
         return _hf_tokenizer(text.hf_tokenizer_name, text.context_length)
-    from clipforge.tokenizer import tokenize
+    if text.kind == "hf":
+        raise ValueError("text.hf_tokenizer_name is empty: an HF text tower needs its tokenizer's folder")
+    from clipforge.tokenizer import default_tokenizer
 
-    return partial(tokenize, context_length=text.context_length, truncate=True)  # the shared BPE, picklable
+    return default_tokenizer(text.context_length)  # the shared BPE (truncating, picklable)

@@ -9,7 +9,6 @@ the service, evaluation and training metrics all call it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -78,15 +77,15 @@ def classifier_cache_key(
 
 
 def model_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
-    """The model's own tokenizer (OpenAI's BPE, or an HF text tower's), truncating long prompts at its
-    context length."""
+    """The model's own tokenizer (`clipforge.tokenizer.tokenizer_for`: the one CLIP BPE wrapper
+    `default_tokenizer`, or an HF text tower's tokenizer.json) at its context length, truncating long prompts."""
     if hasattr(model, "config"):
         from clipforge.tokenizer import tokenizer_for
 
         return tokenizer_for(model)
-    from clipforge.tokenizer import tokenize
+    from clipforge.tokenizer import default_tokenizer
 
-    return functools.partial(tokenize, context_length=getattr(model, "context_length", 77), truncate=True)
+    return default_tokenizer(getattr(model, "context_length", 77))
 
 
 @torch.no_grad()
