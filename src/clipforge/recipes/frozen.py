@@ -10,12 +10,14 @@ feature equals the locked tower's output on the same augmented image (both run i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib.util
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from clipforge.data import ImageCaptions
@@ -33,37 +35,94 @@ def view_config(model, image_size: int | None = None, scale=(0.6, 1.0)) -> Augme
     return AugmentConfig(kind="resized_crop_flip", image_size=size, scale=scale, mean=pre.mean, std=pre.std)
 
 
+class OnnxTrunk:
+    """A locked image trunk run by onnxruntime: (B, 3, S, S) float32 -> (B, D) pooled features.
+
+    Same values as PyTorch (checked on export: max difference <= 1e-3 of the features' scale, else ValueError),
+    ~2.5x faster for EfficientNet-Lite0 on 2 CPU cores (depthwise convolutions). Exported once per trunk into
+    a temporary file; the number of threads follows torch.get_num_threads()."""
+
+    def __init__(self, trunk: nn.Module, image_size: int):
+        import tempfile
+
+        import onnxruntime as ort
+
+        trunk = trunk.eval()
+        example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
+            path = f"{folder}/trunk.onnx"
+            torch.onnx.export(trunk, (example,), path, input_names=["images"], output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)  # fmt: skip
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            expected = trunk(example)
+        got = self(example)
+        error = float((got - expected).abs().max())
+        if error > 1e-3 * float(expected.abs().max()):
+            raise ValueError(f"onnxruntime trunk differs from PyTorch by {error:.3g}: use engine='torch'")
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return torch.from_numpy(self.session.run(None, {"images": images.contiguous().numpy()})[0])
+
+
+def trunk_runner(model, image_size: int, engine: str = "auto") -> Callable[[Tensor], Tensor]:
+    """The locked image trunk as a function of a normalised batch. `engine`: "onnxruntime" (OnnxTrunk),
+    "torch" (eager, channels-last), or "auto" (onnxruntime when installed and the tower is a timm trunk)."""
+    if engine not in ("auto", "onnxruntime", "torch"):
+        raise ValueError(f"engine={engine!r}; valid: auto, onnxruntime, torch")
+    trunk = getattr(model.visual, "trunk", None)
+    if engine == "auto":
+        engine = "onnxruntime" if trunk is not None and importlib.util.find_spec("onnxruntime") else "torch"
+    if engine == "onnxruntime":
+        if trunk is None:
+            raise ValueError("engine='onnxruntime' runs a timm trunk (vision.kind='timm')")
+        return OnnxTrunk(trunk, image_size)
+    return lambda batch: model.visual.features(batch.contiguous(memory_format=torch.channels_last))
+
+
 @torch.no_grad()
 def image_feature_cache(
     model,
     images: Tensor,
-    views: int,
+    views: int | Sequence[int],
     augment: AugmentConfig,
     seed: int = 0,
     batch_size: int = 100,
     progress=True,
+    engine: str = "auto",
 ) -> Tensor:
     """(N, V, D) float16 trunk features of V views per image: view 0 is the plain resized image, views >= 1
-    random resized crops + flips keyed by (seed, view, image)."""
+    random resized crops + flips keyed by (seed, view, image). `views`: a count (views 0 .. V-1) or the view
+    numbers to compute. `engine`: see `trunk_runner`."""
     from clipforge.data.augment import eval_batch
 
     model.visual.eval()
-    out = torch.empty(len(images), views, model.visual.feature_dim, dtype=torch.float16)
-    bar = tqdm(total=len(images) * views, desc="cache image features", disable=not progress, unit="img")
-    for view in range(views):
+    run = trunk_runner(model, augment.image_size, engine)
+    numbers = list(range(views)) if isinstance(views, int) else list(views)
+    out = torch.empty(len(images), len(numbers), model.visual.feature_dim, dtype=torch.float16)
+    bar = tqdm(
+        total=len(images) * len(numbers), desc="cache image features", disable=not progress, unit="img"
+    )
+    for slot, view in enumerate(numbers):
         for start in range(0, len(images), batch_size):
             index = torch.arange(start, min(start + batch_size, len(images)))
-            chunk = images[index]
+            chunk = gray_to_rgb(torch.as_tensor(images[index]))
             if view == 0:
                 batch = eval_batch(chunk, augment.image_size, augment.mean, augment.std)
             else:
                 batch = augment_batch(chunk, index, view, seed, augment)
-            out[index, view] = model.visual.features(
-                batch.contiguous(memory_format=torch.channels_last)
-            ).half()
+            out[index, slot] = run(batch).half()
             bar.update(len(index))
     bar.close()
     return out
+
+
+def gray_to_rgb(images: Tensor) -> Tensor:
+    """(B, H, W, 1|3) uint8 -> (B, H, W, 3): grey images (mnist) repeated over the channels."""
+    return images.expand(-1, -1, -1, 3) if images.shape[-1] == 1 else images
 
 
 @torch.no_grad()
