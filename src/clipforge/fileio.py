@@ -1,36 +1,244 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never a torn one."""
+"""Writing outputs safely: a file appears under its final name only when it is complete.
+
+Every writer goes through a temporary name beside the target (`.<name>.<random>.partial<suffix>`), is
+fsynced, and is renamed over the target in one step; on any failure the temporary file is removed, so a
+crash, a full disk or a read-only folder leaves either the old file or none, never a torn one. Failures are
+raised as `OSError` naming the *final* path (libraries report a full disk as anything from a bare
+`OSError('... written')` to a `RuntimeError` from a C++ assert; see `_write_failure`).
+
+`check_output_dir` / `check_output_file` run before any work: a command refuses an output it could not
+write (an existing file where a folder is wanted, a read-only folder, a wrong extension) up front, not
+after an hour of embedding.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-import tempfile
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+_PROBE_BYTES = 1 << 16
+
+
+class OutputInUseError(ValueError):
+    """An output folder holds another job's results; the message says what differs and how to proceed."""
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the temporary names this module writes (for cleaning up after a kill -9)."""
+    return name.startswith(".") and ".partial" in name
+
+
+def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """`mkdir -p path`, with an OSError that says which part is in the way."""
+    path = Path(path)
+    blocker = _existing_ancestor(path)
+    if blocker != path and not blocker.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"cannot create {what} {path}: {blocker} is a file", os.fspath(path)
+        )
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{what} is an existing file, not a folder", os.fspath(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _named(error, path, f"cannot create {what}") from error
+    return path
+
+
+def _existing_ancestor(path: Path) -> Path:
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def _writable(folder: Path) -> bool:
+    mode = os.W_OK | os.X_OK
+    if os.access in os.supports_effective_ids:
+        return os.access(folder, mode, effective_ids=True)
+    return os.access(folder, mode)
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "output folder") -> Path:
+    """Refuse, before any work, a folder that cannot be created or written (read-only, or a file)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{flag}: is an existing file, not a folder", os.fspath(path))
+    existing = _existing_ancestor(path)
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"{flag}: cannot be created, {existing} is a file", os.fspath(path)
+        )
+    if not _writable(existing):
+        raise PermissionError(errno.EACCES, f"{flag}: {existing} is not writable", os.fspath(path))
+    return path
+
+
+def check_output_file(
+    path: str | os.PathLike, suffixes: Sequence[str] | None = None, flag: str = "output file"
+) -> Path:
+    """Refuse, before any work, a file name with a wrong extension, an existing folder, or an unwritable
+    folder. `suffixes`: allowed lower-case extensions such as (".csv", ".json"); None for any."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: use a file name ending in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{flag}: is a folder, give a file name", os.fspath(path))
+    check_output_dir(path.parent, f"{flag}'s folder")
+    return path
+
+
+def _named(error: OSError, path: Path, action: str = "cannot write") -> OSError:
+    """The same OSError, naming the final path (not a temp name) and what was being done."""
+    reason = error.strerror or str(error) or type(error).__name__
+    code = error.errno if error.errno is not None else errno.EIO
+    named = type(error)(code, f"{action}: {reason}", os.fspath(path))
+    return named if isinstance(named, OSError) else OSError(code, f"{action}: {reason}", os.fspath(path))
+
+
+def _write_failure(error: BaseException, tmp: Path, path: Path) -> BaseException:
+    """What to raise for an exception while writing `tmp`: libraries report a full disk in many ways
+    (torch: RuntimeError 'unexpected pos', faiss: 'write error', numpy: 'requested and N written'), so
+    when the writer did not raise a proper OSError, try to append a few more bytes to the file: if the
+    disk refuses those too, the disk was the cause and that OSError is what the user needs to see."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return _named(error, path)
+    if not isinstance(error, Exception):
+        return error  # KeyboardInterrupt, SystemExit
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, bytes(_PROBE_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as probe:
+        return _named(probe, path)
+    if isinstance(error, OSError):
+        return _named(error, path)
+    return error
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """For writers that want a file *name* (faiss, ONNX, PIL): yields a temp path beside `path`, renamed
+    to `path` when the block succeeds, removed when it fails."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    tmp = _temp_path(path)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(errno.ENOENT, "the writer produced no file", os.fspath(path))
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException as error:
+        failure = _write_failure(error, tmp, path)
+        _discard(tmp)
+        if failure is error:
+            raise
+        raise failure from error
+    _fsync_dir(path.parent)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write via `write(fileobj)` into a temp file beside `path`, fsync it, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
+
+
+class StagedFiles:
+    """Outputs that must appear together (e.g. image.onnx + text.onnx + onnx.json): each is written to a
+    temp name by `path(final)`; `commit()` renames them in the order staged, so put the file that marks
+    the set complete last. Leaving the `with` block by an exception removes every temp file."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def path(self, final: str | os.PathLike) -> Path:
+        final = Path(final)
+        ensure_dir(final.parent)
+        tmp = _temp_path(final)
+        self._staged.append((tmp, final))
+        return tmp
+
+    def commit(self) -> list[Path]:
+        for tmp, final in self._staged:
+            if not tmp.is_file():
+                raise FileNotFoundError(errno.ENOENT, "the writer produced no file", os.fspath(final))
+            _fsync_file(tmp)
+        for tmp, final in self._staged:
+            os.replace(tmp, final)
+        for folder in {final.parent for _, final in self._staged}:
+            _fsync_dir(folder)
+        committed = [final for _, final in self._staged]
+        self._staged = []
+        return committed
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            _discard(tmp)
+        self._staged = []
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is None:
+            return None
+        failure = self._failure(error)
+        self.discard()
+        if failure is not error:
+            raise failure from error
+        return None
+
+    def _failure(self, error: BaseException) -> BaseException:
+        """The error named by the final path of the file being written (the one it names, else the last
+        staged file that exists)."""
+        named = getattr(error, "filename", None)
+        for tmp, final in self._staged:
+            if named is not None and os.fspath(named) == os.fspath(tmp):
+                return _write_failure(error, tmp, final)
+        existing = [(tmp, final) for tmp, final in self._staged if tmp.exists()]
+        if not existing or named is not None:
+            return error
+        return _write_failure(error, *existing[-1])
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -38,7 +246,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; characters that stand for undecodable bytes of a file name (surrogate escapes) are written
+    back as those bytes, so a path read from the file system is written the way the file system has it."""
+    return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -51,3 +261,18 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """A UTF-8 text file (a leading byte-order mark, as Excel and Notepad write, is dropped); a file in
+    another encoding is a ValueError naming the file and the first bad byte."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}:{line}: {what} is not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
+            "save it as UTF-8"
+        ) from None
