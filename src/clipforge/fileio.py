@@ -276,3 +276,16 @@ def read_text(path: str | os.PathLike, what: str = "text file") -> str:
             f"{path}:{line}: {what} is not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
             "save it as UTF-8"
         ) from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A UTF-8 JSON file; invalid JSON is a ValueError naming the file, line and column."""
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}:{error.lineno}:{error.colno}: {what} is not valid JSON ({error.msg})"
+            + (" -- the file is empty" if not text.strip() else "")
+        ) from None

@@ -9,7 +9,6 @@ transformers itself is not needed to read or write these directories.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,9 +16,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from clipforge.checkpoints.io import model_from_state, read_safetensors, save_safetensors, torch_load_safe
+from clipforge.checkpoints.io import (
+    CheckpointError,
+    model_from_state,
+    read_safetensors,
+    save_safetensors,
+    torch_load_safe,
+)
 from clipforge.checkpoints.openai import match_preset
-from clipforge.fileio import atomic_write_json
+from clipforge.fileio import atomic_write_json, read_json
 from clipforge.models import CLIP, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 
 ARGMAX_POOLING_EOS_ID = 2
@@ -168,7 +173,9 @@ def config_from_hf(data: dict, source: str | os.PathLike) -> CLIPConfig:
             mlp_ratio=t["intermediate_size"] / t["hidden_size"],
         )
     except KeyError as err:
-        raise ValueError(f"{source}: config.json lacks field {err.args[0]!r}") from None
+        raise CheckpointError(source, f"lacks field {err.args[0]!r}") from None
+    except (TypeError, AttributeError, ZeroDivisionError) as err:
+        raise CheckpointError(source, f"a field has the wrong type or value ({err})") from None
     config = CLIPConfig(
         embed_dim=data.get("projection_dim", 512),
         vision=vision,
@@ -182,7 +189,10 @@ def config_from_hf(data: dict, source: str | os.PathLike) -> CLIPConfig:
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
     config = Path(path) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "clip"
+    if not config.is_file():
+        return False
+    data = read_json(config, "HF config")
+    return isinstance(data, dict) and data.get("model_type") == "clip"
 
 
 def load_hf(path: str | os.PathLike) -> CLIP:
@@ -190,14 +200,25 @@ def load_hf(path: str | os.PathLike) -> CLIP:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not an HF model directory (no config.json)")
-    config = config_from_hf(json.loads((path / "config.json").read_text()), path / "config.json")
+    data = read_json(path / "config.json", "HF config")
+    if not isinstance(data, dict):
+        raise CheckpointError(path / "config.json", "must hold a JSON object")
+    config = config_from_hf(data, path / "config.json")
     if (path / "model.safetensors").is_file():
-        state_dict = read_safetensors(path / "model.safetensors")[0]
+        weights = path / "model.safetensors"
+        state_dict = read_safetensors(weights)[0]
     elif (path / "pytorch_model.bin").is_file():
-        state_dict = torch_load_safe(path / "pytorch_model.bin")
+        weights = path / "pytorch_model.bin"
+        state_dict = torch_load_safe(weights)
     else:
         raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
-    return model_from_state(config, hf_to_clipforge(state_dict), path)
+    if not (isinstance(state_dict, dict) and all(isinstance(v, Tensor) for v in state_dict.values())):
+        raise CheckpointError(weights, f"holds a {type(state_dict).__name__}, not a state_dict of tensors")
+    try:
+        converted = hf_to_clipforge(state_dict)
+    except KeyError as err:
+        raise CheckpointError(weights, f"lacks tensor {err.args[0]!r}") from None
+    return model_from_state(config, converted, weights)
 
 
 def save_hf(model: CLIP, path: str | os.PathLike) -> Path:
