@@ -82,6 +82,8 @@ def error_line(name: str, error: BaseException) -> str:
     """`clipforge <name>: error: <message>`; an OSError reads `<path>: <problem>`."""
     if isinstance(error, OSError) and error.filename is not None:
         reason = error.strerror or str(error)
+        if isinstance(error, FileExistsError) and Path(os.fspath(error.filename)).is_file():
+            reason = "is an existing file, not a folder"
         target = os.fspath(error.filename)
         if error.filename2 is not None:
             target += f" -> {os.fspath(error.filename2)}"

@@ -43,9 +43,7 @@ def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     path = Path(path)
     blocker = _existing_ancestor(path)
     if blocker != path and not blocker.is_dir():
-        raise NotADirectoryError(
-            errno.ENOTDIR, f"cannot create {what} {path}: {blocker} is a file", os.fspath(path)
-        )
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot create {what}: {blocker} is a file", os.fspath(path))
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"{what} is an existing file, not a folder", os.fspath(path))
     try:
@@ -90,10 +88,10 @@ def check_output_file(
     """Refuse, before any work, a file name with a wrong extension, an existing folder, or an unwritable
     folder. `suffixes`: allowed lower-case extensions such as (".csv", ".json"); None for any."""
     path = Path(path)
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise ValueError(f"{flag} {path}: use a file name ending in {' or '.join(suffixes)}")
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{flag}: is a folder, give a file name", os.fspath(path))
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: use a file name ending in {' or '.join(suffixes)}")
     check_output_dir(path.parent, f"{flag}'s folder")
     return path
 

@@ -361,8 +361,12 @@ def checkpoint_from_object(path: str | os.PathLike, obj: Any) -> Checkpoint | No
     """Interpret an already-loaded pickle as a clipforge checkpoint (None if it is not one)."""
     if not (isinstance(obj, dict) and "config" in obj and "state_dict" in obj):
         return None
-    if obj.get("format", CLIPFORGE_FORMAT) != CLIPFORGE_FORMAT or not isinstance(obj["config"], dict):
+    if obj.get("format", CLIPFORGE_FORMAT) != CLIPFORGE_FORMAT:
         return None
+    if not isinstance(obj["config"], dict):
+        raise CheckpointError(
+            path, f"its 'config' is a {type(obj['config']).__name__}, not a mapping of config fields"
+        )
     extra = {k: v for k, v in obj.items() if k not in ("format", "config", "state_dict")}
     return Checkpoint(_config_from(path, obj["config"]), dict(obj["state_dict"]), extra)
 
