@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +92,7 @@ def test_every_preset_at_real_widths_matches_open_clip_by_name(name, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a name makes everything known: no warning
         ours = load_any(path, config=_our_config(name, shallow=True))
+    Path(path).unlink()  # up to ~0.6 GB per preset: don't leave them in /tmp
     images, text = sample_inputs(ours, batch=2, seed=1)
     diffs = compare_open_clip(ours, reference, images, text)
     assert max(diffs.values()) <= TOL, diffs
@@ -162,6 +165,7 @@ def test_vit_h_variants_full_size_match_open_clip(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             ours = load_any(path, config=name)
+        Path(path).unlink()
         images, text = sample_inputs(ours, batch=1, seed=9)
         assert max(compare_open_clip(ours, reference, images, text).values()) <= TOL, name
         del reference
@@ -169,4 +173,5 @@ def test_vit_h_variants_full_size_match_open_clip(tmp_path):
         hf_model = load_hf_reference(tmp_path / "hf")
         assert max(compare_hf(ours, hf_model, images, text).values()) <= TOL, name
         del ours, hf_model
+        shutil.rmtree(tmp_path / "hf")
     assert OPEN_CLIP_SPECS["ViT-H-14"]["vision"]["head_width"] == 80
