@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipforge.apps.skips import NothingProcessedError, Skipped
-from clipforge.apps.sources import Item, ShardPlan, image_location, inputs_fingerprint, plan_source
+from clipforge.apps.sources import BadRow, Item, ShardPlan, image_location, inputs_fingerprint, plan_source
 from clipforge.decode import ImageError, open_image
 from clipforge.extras import require
 from clipforge.fileio import (
@@ -134,11 +134,11 @@ def embed_items(
         if bar is not None:
             bar.update(1)
         try:
-            if isinstance(payload, ImageError):
+            if isinstance(payload, Exception):  # a row the source could not use (apps.sources.BadRow)
                 raise payload
             batch.append(payload if kind == "text" else preprocess(open_image(payload)))
             batch_meta.append(meta)
-        except (ImageError, OSError) as err:
+        except (ImageError, OSError, BadRow) as err:
             skipped.add(_payload_name(meta, payload), err)
             continue
         if len(batch) == batch_size:

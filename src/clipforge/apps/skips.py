@@ -10,7 +10,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipforge.decode import ImageError
 from clipforge.fileio import atomic_write_text
 
 COLUMNS = ("path", "reason", "error")
@@ -21,8 +20,11 @@ class NothingProcessedError(ValueError):
 
 
 def reason_of(error: BaseException) -> str:
-    """'missing' | 'unreadable' | 'format' | 'mode' | 'too_large' (decode reasons), else 'unreadable'."""
-    return error.reason if isinstance(error, ImageError) else "unreadable"
+    """The error's `reason` -- decode reasons 'missing' | 'unreadable' | 'format' | 'mode' | 'too_large', or a
+    table reader's ('bad_json', 'extra_fields', 'unbalanced_quote', ...) -- else 'unreadable'."""
+    if isinstance(error, FileNotFoundError):
+        return "missing"
+    return getattr(error, "reason", None) or "unreadable"
 
 
 @dataclass

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipforge.apps.inputs import collect_images, is_image_path
-from clipforge.decode import ImageError
 from clipforge.fileio import read_text
 
-# (metadata row, payload): an image path / BytesIO, a text str, or the ImageError saying why the row is unusable
+# (metadata row, payload): an image path / BytesIO, a text str, or the error saying why the row is unusable
 Item = tuple[dict, object]
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".ndjson")
@@ -54,12 +53,23 @@ def folder_shards(root: Path, shard_size: int) -> list[ShardPlan]:
 
 def plain_value(value):
     """A metadata value parquet can store in one column type: scalars as they are, anything nested
-    (lists, objects from JSONL) as its JSON text."""
-    return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value)
+    (lists, objects from JSONL) as its JSON text, undecodable bytes (surrogate escapes) as \\xNN."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value if value is None or isinstance(value, (int, float, bool)) else json.dumps(value)
 
 
-def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) of a table (through the one table reader) or of a .txt file (one text a line)."""
+class BadRow(ValueError):
+    """A table row that cannot be used (names file and line); `reason` as in clipforge.data.errors."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_rows(path: Path) -> list[tuple[int, dict | BadRow]]:
+    """(line number, row) of a table (through the one table reader, malformed rows kept as BadRow so they
+    are reported) or of a .txt file (one text a line)."""
     if path.suffix.lower() == ".txt":
         lines = read_text(path, "text file").splitlines()
         return [(n, {"text": line}) for n, line in enumerate(lines, start=1) if line.strip()]
@@ -67,26 +77,39 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
         raise ValueError(f"{path}: a table must be .csv, .tsv, .jsonl (optionally .gz) or .txt")
     from clipforge.data.csvjsonl import table_rows
 
-    return [(n, {key: plain_value(v) for key, v in row.items()}) for n, row in table_rows(path, None)]
+    rows: list[tuple[int, dict | BadRow]] = []
+
+    def bad_row(line: int, reason: str, message: str) -> None:
+        rows.append((line, BadRow(f"{path}:{line}: {message}", reason)))
+
+    for line, row in table_rows(path, None, bad_row):
+        rows.append((line, row))
+    return rows
 
 
 def table_shards(path: Path, kind: str, column: str, shard_size: int) -> list[ShardPlan]:
     rows = read_rows(path)
-    if not rows:
-        raise ValueError(f"{path}: the table has no rows")
-    if column not in rows[0][1]:
-        raise ValueError(f"{path}: no column {column!r}; columns are {sorted(rows[0][1])} (use --column)")
+    good = [row for _, row in rows if isinstance(row, dict)]
+    if not good:
+        detail = f" ({len(rows)} malformed rows; first: {rows[0][1]})" if rows else ""
+        raise ValueError(f"{path}: the table has no usable rows{detail}")
+    if column not in good[0]:
+        raise ValueError(f"{path}: no column {column!r}; columns are {sorted(good[0])} (use --column)")
     base = path.parent
     plans = []
     for index, chunk in enumerate(_chunks(rows, shard_size)):
 
         def items(chunk=chunk) -> Iterator[Item]:
             for line, row in chunk:
+                if isinstance(row, BadRow):
+                    yield {"path": f"{path}:{line}"}, row
+                    continue
                 value = row.get(column)
                 if value is None or (isinstance(value, str) and not value.strip()):
-                    yield row, ImageError(f"{path}:{line}: empty {column!r}", "missing")
+                    yield {key: plain_value(v) for key, v in row.items()}, BadRow(f"{path}:{line}: empty {column!r}", "missing")
                     continue
-                yield row, str(value) if kind == "text" else base / str(value)
+                meta = {key: plain_value(v) for key, v in row.items()}
+                yield meta, plain_value(value) if kind == "text" else base / str(value)
 
         plans.append(ShardPlan(index, items, len(chunk)))
     return plans
