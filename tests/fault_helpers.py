@@ -1,8 +1,8 @@
 """Shared by the fault-corpus tests (tests/test_faults_*.py; no tests here): a workspace of generated files
 (tiny checkpoints, images, tables -- nothing committed), a way to run `clipforge ...` in-process and get
 (exit status, stdout, stderr), and a subprocess driver for faults the test process must not suffer itself:
-a file-size limit (the kernel refuses writes past N bytes, as on a full disk) and an unprivileged user (so a
-read-only folder is read-only even when the tests run as root).
+a file-size limit (the kernel refuses writes past N bytes, as on a full disk) and no root override of file
+permissions (so a read-only folder is read-only even when the tests run as root).
 
 Every case asserts the exact outcome: the exit status, the one error line and what it names, or the
 correct result; and that no output file is left torn or under a temporary name.
@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-NOBODY = 65534
+NOBODY = 65534  # the fallback user where root cannot drop its capabilities
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -147,20 +147,25 @@ sys.__stdout__.write("\n@@RESULTS@@" + json.dumps(results))
 """
 
 
+def _without_root_override() -> None:
+    """preexec_fn: as root, drop the capabilities that let root ignore file permissions (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH) from the child's bounding set, so a 0555 folder is read-only for it; where that is
+    not allowed, become user nobody instead."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop = 24
+    if all(libc.prctl(pr_capbset_drop, cap, 0, 0, 0) == 0 for cap in (1, 2)):
+        return
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
 def run_isolated(cases: list[dict], unprivileged: bool = False, timeout_s: float = 600) -> list[dict]:
     """Run `clipforge` cases in one fresh process: each case {"argv": [...], "fsize": bytes or None}.
-    unprivileged: as user nobody when the tests run as root (a 0555 folder is then really read-only)."""
-
-    def demote() -> None:
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO / "src"),
-        "HOME": "/tmp",
-        "CLIPFORGE_CACHE_DIR": "/tmp/clipforge-faults",
-    }
+    unprivileged: when the tests run as root, without root's permission override (a 0555 folder is then
+    really read-only, as for any user)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "CLIPFORGE_CACHE_DIR": "/tmp/clipforge-faults"}
     payload = json.dumps([{**c, "argv": [str(a) for a in c["argv"]]} for c in cases])
     result = subprocess.run(
         [sys.executable, "-c", _DRIVER, payload],
@@ -168,8 +173,7 @@ def run_isolated(cases: list[dict], unprivileged: bool = False, timeout_s: float
         text=True,
         env=env,
         timeout=timeout_s,
-        preexec_fn=demote if unprivileged and os.geteuid() == 0 else None,
-        cwd="/",
+        preexec_fn=_without_root_override if unprivileged and os.geteuid() == 0 else None,
     )
     marker = result.stdout.rfind("@@RESULTS@@")
     assert marker >= 0, f"driver failed (rc {result.returncode}):\n{result.stderr[-3000:]}"

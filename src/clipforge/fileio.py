@@ -18,6 +18,11 @@ import errno
 import json
 import os
 import secrets
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -78,7 +83,12 @@ def check_output_dir(path: str | os.PathLike, flag: str = "output folder") -> Pa
             errno.ENOTDIR, f"{flag}: cannot be created, {existing} is a file", os.fspath(path)
         )
     if not _writable(existing):
-        raise PermissionError(errno.EACCES, f"{flag}: {existing} is not writable", os.fspath(path))
+        reason = (
+            "not writable (a read-only folder?)"
+            if existing == path.absolute()
+            else f"cannot be created, {existing} is not writable"
+        )
+        raise PermissionError(errno.EACCES, f"{flag}: {reason}", os.fspath(path))
     return path
 
 
@@ -127,6 +137,23 @@ def _write_failure(error: BaseException, tmp: Path, path: Path) -> BaseException
     return error
 
 
+def _check_complete(tmp: Path, expected_size: int | None = None) -> None:
+    """Some writers do not report a write the disk refused part-way (numpy's `tofile` and faiss only
+    print or ignore the error of their last flush), so a file is checked before it gets its final name:
+    the bytes the writer meant to write must all be there, the file must be below the process's file-size
+    limit, and the disk must not be full. An OSError here goes through `_write_failure`'s probe, which
+    names the real cause (EFBIG, ENOSPC)."""
+    size = tmp.stat().st_size
+    if expected_size is not None and size < expected_size:
+        raise OSError(f"short write: {size} of {expected_size} bytes reached the disk")
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE) if resource else (None, None)
+    if soft is not None and soft != resource.RLIM_INFINITY and size >= soft:
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    with contextlib.suppress(OSError):
+        if os.statvfs(tmp.parent).f_bavail == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -149,34 +176,48 @@ def _discard(tmp: Path) -> None:
         tmp.unlink()
 
 
+class _Pending:
+    """A temp file on its way to a final name; `min_size`: bytes its writer is known to have written."""
+
+    def __init__(self, path: Path):
+        self.final, self.tmp, self.min_size = path, _temp_path(path), None
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """For writers that want a file *name* (faiss, ONNX, PIL): yields a temp path beside `path`, renamed
-    to `path` when the block succeeds, removed when it fails."""
-    path = Path(path)
+def _pending(path: Path) -> Iterator[_Pending]:
     ensure_dir(path.parent)
-    tmp = _temp_path(path)
+    pending = _Pending(path)
     try:
-        yield tmp
-        if not tmp.is_file():
+        yield pending
+        if not pending.tmp.is_file():
             raise FileNotFoundError(errno.ENOENT, "the writer produced no file", os.fspath(path))
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        _fsync_file(pending.tmp)
+        _check_complete(pending.tmp, pending.min_size)
+        os.replace(pending.tmp, path)
     except BaseException as error:
-        failure = _write_failure(error, tmp, path)
-        _discard(tmp)
+        failure = _write_failure(error, pending.tmp, path)
+        _discard(pending.tmp)
         if failure is error:
             raise
         raise failure from error
     _fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """For writers that want a file *name* (faiss, ONNX, PIL): yields a temp path beside `path`, renamed
+    to `path` when the block succeeds (and the file is complete, see `_check_complete`), removed when not."""
+    with _pending(Path(path)) as pending:
+        yield pending.tmp
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write via `write(fileobj)` into a temp file beside `path`, fsync it, then rename over `path`."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with _pending(path) as pending, open(pending.tmp, "wb") as f:
         write(f)
         f.flush()
+        pending.min_size = f.tell()  # where the writer left off: the file must be at least this long
         os.fsync(f.fileno())
     return path
 
@@ -201,6 +242,10 @@ class StagedFiles:
             if not tmp.is_file():
                 raise FileNotFoundError(errno.ENOENT, "the writer produced no file", os.fspath(final))
             _fsync_file(tmp)
+            try:
+                _check_complete(tmp)
+            except OSError as error:
+                raise _write_failure(error, tmp, final) from error
         for tmp, final in self._staged:
             os.replace(tmp, final)
         for folder in {final.parent for _, final in self._staged}:

@@ -106,7 +106,10 @@ def table_shards(path: Path, kind: str, column: str, shard_size: int) -> list[Sh
                     continue
                 value = row.get(column)
                 if value is None or (isinstance(value, str) and not value.strip()):
-                    yield {key: plain_value(v) for key, v in row.items()}, BadRow(f"{path}:{line}: empty {column!r}", "missing")
+                    yield (
+                        {key: plain_value(v) for key, v in row.items()},
+                        BadRow(f"{path}:{line}: empty {column!r}", "missing"),
+                    )
                     continue
                 meta = {key: plain_value(v) for key, v in row.items()}
                 yield meta, plain_value(value) if kind == "text" else base / str(value)
