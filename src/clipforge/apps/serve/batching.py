@@ -79,6 +79,7 @@ class MicroBatcher:
         self._worker: asyncio.Task | None = None
         self._order = itertools.count()  # FIFO among equal priorities
         self._stopped = False
+        self._running: list[tuple[Any, asyncio.Future]] = []  # the batch the model thread has now
 
     @property
     def queued(self) -> int:
@@ -98,10 +99,13 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        waiting = [future for _, future in self._running]
         while self._queue is not None and not self._queue.empty():
-            *_, future = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait()[-1])
+        for future in waiting:
             if not future.done():
                 future.set_exception(BatcherStopped(f"{self.name}: the service is shutting down"))
+        self._running = []
 
     async def submit(self, item: Any, priority: int = 0) -> Any:
         return (await self.submit_many([item], priority))[0]
@@ -148,6 +152,7 @@ class MicroBatcher:
             if not batch:
                 continue
             items = [item for item, _ in batch]
+            self._running = batch
             try:
                 results = await loop.run_in_executor(self.executor, self.fn, items)
                 if len(results) != len(items):
@@ -156,8 +161,10 @@ class MicroBatcher:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(err)
+                self._running = []
                 continue
             self.stats.record(len(items))
             for (_, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
+            self._running = []
