@@ -364,7 +364,7 @@ def load_hf(path: str | os.PathLike) -> CLIP:
         converted = hf_to_clipforge(read_hf_weights(path))
     except KeyError as err:
         raise CheckpointError(hf_weights_file(path), f"lacks tensor {err.args[0]!r}") from None
-    return model_from_state(config, converted, hf_weights_file(path))
+    return model_from_state(config, converted, hf_weights_file(path), own_vocabulary=True)
 
 
 def save_hf(model: CLIP, path: str | os.PathLike) -> Path:

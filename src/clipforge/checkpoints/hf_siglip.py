@@ -147,7 +147,7 @@ def config_from_siglip(data: dict, folder: Path) -> CLIPConfig:
 def load_siglip(path: Path, data: dict) -> CLIP:
     config = config_from_siglip(data, path)
     state_dict = siglip_to_clipforge(read_hf_weights(path), siglip2=data["model_type"] == "siglip2")
-    return model_from_state(config, state_dict, path)
+    return model_from_state(config, state_dict, path, own_vocabulary=True)
 
 
 def siglip_config_dict(config: CLIPConfig) -> dict:

@@ -19,6 +19,7 @@ import math
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,9 +250,11 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def validate_config(config: CLIPConfig, source: str | os.PathLike) -> None:
+def validate_config(config: CLIPConfig, source: str | os.PathLike, own_vocabulary: bool = False) -> None:
     """Refuse a config no model can be built from, or one the tokenizer cannot feed, naming the field.
-    (Towers of other kinds, e.g. timm or HF encoders, are checked by their own builders.)"""
+    (Towers of other kinds, e.g. timm or HF encoders, are checked by their own builders.) A vocabulary
+    smaller than the BPE tokenizer's is refused, or only warned about when `own_vocabulary` (an HF folder
+    defines its own vocabulary; its tokenizer files may just not have been shipped)."""
     v, t = config.vision, config.text
     fields_: dict[str, Any] = {"embed_dim": config.embed_dim}
     if v.kind in ("vit", "resnet"):
@@ -277,12 +280,19 @@ def validate_config(config: CLIPConfig, source: str | os.PathLike) -> None:
         raise CheckpointError(
             source, f"config: vision.image_size {v.image_size} is not a multiple of patch_size {v.patch_size}"
         )
-    if bpe_text and t.vocab_size < TOKENIZER_VOCAB_SIZE:
-        raise CheckpointError(
-            source,
+    if bpe_text and t.hf_tokenizer_name is None and t.vocab_size < TOKENIZER_VOCAB_SIZE:  # our BPE's ids
+        problem = (
             f"the text vocabulary has {t.vocab_size} rows, but clipforge's BPE tokenizer emits ids up to "
-            f"{TOKENIZER_VOCAB_SIZE - 1} (start/end of text: {TOKENIZER_VOCAB_SIZE - 2}/{TOKENIZER_VOCAB_SIZE - 1}): "
-            "a truncated embedding, or weights for another tokenizer",
+            f"{TOKENIZER_VOCAB_SIZE - 1} (start/end of text: {TOKENIZER_VOCAB_SIZE - 2}/{TOKENIZER_VOCAB_SIZE - 1})"
+        )
+        if not own_vocabulary:
+            raise CheckpointError(
+                source, f"{problem}: a truncated embedding, or weights for another tokenizer"
+            )
+        warnings.warn(
+            f"{source}: {problem} and no tokenizer files came with it: give it token ids, or add its "
+            "tokenizer.json to the folder",
+            stacklevel=4,
         )
 
 
@@ -403,12 +413,15 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return checkpoint
 
 
-def model_from_state(config: CLIPConfig, state_dict: dict[str, Tensor], source: str | os.PathLike) -> CLIP:
+def model_from_state(
+    config: CLIPConfig, state_dict: dict[str, Tensor], source: str | os.PathLike, own_vocabulary: bool = False
+) -> CLIP:
     """Build `CLIP(config)` and load a clipforge-named state_dict, keeping the file's dtype.
 
     Only BatchNorm's `num_batches_tracked` may be missing; any other mismatch names the keys. The config
-    must describe a buildable model the tokenizer can feed, and every weight must be finite."""
-    validate_config(config, source)
+    must describe a buildable model the tokenizer can feed (see validate_config), and every weight must be
+    finite."""
+    validate_config(config, source, own_vocabulary)
     check_finite(state_dict, source)
     with torch.device("meta"):
         model = CLIP(config)
