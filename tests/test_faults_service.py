@@ -212,16 +212,22 @@ def test_a_full_queue_answers_503_with_retry_after(ws):
 # ---- the queue itself: smallest job first, dropped when abandoned, stopped on shutdown ----------------
 
 
+def recording(seen: list, seconds: float):
+    """A model call that takes `seconds` per batch and records the items in the order it ran them."""
+
+    def fn(items):
+        time.sleep(seconds)
+        seen.extend(items)
+        return items
+
+    return fn
+
+
 def test_a_small_request_overtakes_a_queued_flood():
     order = []
 
-    def fn(items):
-        time.sleep(0.01)
-        order.extend(items)
-        return items
-
     async def go():
-        batcher = MicroBatcher(fn, max_batch=10, max_wait_s=0.001, name="text")
+        batcher = MicroBatcher(recording(order, 0.01), max_batch=10, max_wait_s=0.001, name="text")
         await batcher.start()
         flood = asyncio.ensure_future(batcher.submit_many([f"flood{i}" for i in range(200)], priority=200))
         await asyncio.sleep(0.02)  # the flood is queued and its first batches run
@@ -237,13 +243,8 @@ def test_a_small_request_overtakes_a_queued_flood():
 def test_an_abandoned_request_drops_its_queued_items():
     seen = []
 
-    def fn(items):
-        time.sleep(0.005)
-        seen.extend(items)
-        return items
-
     async def go():
-        batcher = MicroBatcher(fn, max_batch=8, max_wait_s=0.001, name="text")
+        batcher = MicroBatcher(recording(seen, 0.005), max_batch=8, max_wait_s=0.001, name="text")
         await batcher.start()
         request = asyncio.ensure_future(batcher.submit_many(list(range(400))))
         await asyncio.sleep(0.02)

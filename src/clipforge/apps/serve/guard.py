@@ -3,12 +3,14 @@
 A body over the limit is answered 413 whether its size was declared (Content-Length) or not (chunked
 transfer): the app is then told the client disconnected, and whatever the app answers after that is
 dropped, so the client sees the 413 (a framework would otherwise report the cut body as a 400). A request
-over its time limit is cancelled -- its queued model work is dropped with it -- and answered 504.
+over its time limit is cancelled -- its queued model work is dropped with it -- and answered 504; one still
+open when the server's graceful shutdown runs out is answered 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 
@@ -65,6 +67,11 @@ class RequestGuard:
             await asyncio.wait_for(self.app(scope, guarded_receive, guarded_send), self.timeout_s)
         except TimeoutError:
             await answer(504, f"request took longer than {self.timeout_s:g}s")
+        except asyncio.CancelledError:
+            # the server cancels what is still open when its graceful-shutdown time is up: the client gets a
+            # 503 instead of a cut connection, and the server's log no traceback; the task ends here either way
+            with contextlib.suppress(Exception):
+                await answer(503, "the service is shutting down")
         except Exception:
             if not state["answered"]:
                 raise  # a real error: the framework's error handling reports it
