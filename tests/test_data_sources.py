@@ -93,8 +93,16 @@ def test_malformed_tables_name_file_line_and_field(tmp_path):
     with pytest.raises(DataSourceError, match=r"a\.csv:2: field 'path': column missing"):
         read_table(tmp_path / "a.csv")
     (tmp_path / "b.jsonl").write_text('{"path": "x.jpg", "caption": "ok"}\n{"path": broken\n')
-    with pytest.raises(DataSourceError, match=r"b\.jsonl:2: invalid JSON"):
-        read_table(tmp_path / "b.jsonl")
+    skips = SkipCounter()
+    assert (
+        len(read_table(tmp_path / "b.jsonl", skips=skips)) == 1
+    )  # one table reader, one policy: skip + count
+    assert skips.as_dict() == {"bad_json": 1} and "b.jsonl:2: invalid JSON" in skips.examples["bad_json"][0]
+    (tmp_path / "c.jsonl").write_text('{"path": broken\n')
+    with pytest.raises(
+        DataSourceError, match=r"c\.jsonl: no usable row: skipped 1 \(bad_json=1\); first: .*c\.jsonl:1"
+    ):
+        read_table(tmp_path / "c.jsonl")
     with pytest.raises(DataSourceError, match="table file not found"):
         read_table(tmp_path / "missing.csv")
 

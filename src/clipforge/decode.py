@@ -41,16 +41,26 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """Bytes PIL allocates for a decoded image: 1 per pixel for 1/L/P, 2 for 16-bit grey, 4 otherwise
+    (PIL stores every multi-band and 32-bit mode in 4 bytes per pixel)."""
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return width * height * per_pixel
+
+
 @dataclass(frozen=True)
 class ImageLimits:
-    """What `open_image` accepts, checked from the header before decoding.
+    """What `open_image` accepts, checked from the header before any pixel is decoded.
 
-    max_pixels: width * height; max_aspect_ratio: longer side / shorter side (a 1 x 300,000 strip would
-    become a 224 x 67,200,000 image in the shorter-side resize); formats: PIL format names, None for any."""
+    max_pixels: width * height; max_decoded_bytes: the memory the decoded image takes (see
+    `decoded_bytes`); max_aspect_ratio: longer side / shorter side (a 1 x 300,000 strip is only 300k
+    pixels but becomes a 224 x 67,200,000 image in the shorter-side resize); formats: PIL format names,
+    None for any."""
 
     max_pixels: int = 40_000_000
     max_aspect_ratio: float | None = 40.0
     formats: tuple[str, ...] | None = None
+    max_decoded_bytes: int = 160_000_000  # 40 Mpx of RGB
 
     def check(self, image: Image.Image, name: str) -> None:
         width, height = image.size
@@ -70,6 +80,13 @@ class ImageLimits:
             raise ImageError(
                 f"{name}: image is {width}x{height}, aspect ratio {ratio:.0f}:1 above the limit "
                 f"{self.max_aspect_ratio:g}:1",
+                "too_large",
+            )
+        size = decoded_bytes(image.mode, width, height)
+        if size > self.max_decoded_bytes:
+            raise ImageError(
+                f"{name}: image is {width}x{height} {image.mode}, {size:,} bytes decoded, above the limit "
+                f"{self.max_decoded_bytes:,}",
                 "too_large",
             )
         if image.mode not in SUPPORTED_MODES:

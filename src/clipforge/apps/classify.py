@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from clipforge.apps.inputs import validate_labels, validate_templates
+from clipforge.apps.skips import Skipped
 from clipforge.decode import ImageError, open_image
+
+OUTPUT_SUFFIXES = (".csv", ".json")
 
 
 @dataclass
@@ -26,12 +32,46 @@ class Prediction:
 @dataclass
 class ClassifyReport:
     predictions: list[Prediction]
-    failures: list[dict] = field(default_factory=list)  # {"path", "error"} for skipped files
+    skipped: Skipped = field(default_factory=Skipped)
+
+    @property
+    def failures(self) -> list[dict]:
+        """{"path", "reason", "error"} per skipped file."""
+        return self.skipped.rows
 
 
 def _batches(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def check_distinct_prompts(
+    labels: Sequence[str], templates: Sequence[str], context_length: int, tokenizer: Callable | None = None
+) -> None:
+    """Refuse labels whose prompts the model cannot tell apart: after tokenisation and truncation to the
+    model's context, two labels with identical token ids under every template get identical scores."""
+    if tokenizer is None:
+        from clipforge.tokenizer import tokenize
+
+        def tokenizer(texts):
+            return tokenize(texts, context_length=context_length, truncate=True)
+
+    rows: dict[tuple, str] = {}
+    for label in labels:
+        tokens = tokenizer([t.replace("{}", label) for t in templates])  # (T, L)
+        key = tuple(map(tuple, tokens.tolist()))
+        if key in rows:
+            raise ValueError(
+                f"labels {rows[key]!r} and {label!r} are the same to the model: their prompts are identical "
+                f"after tokenisation and truncation to its {context_length}-token context; shorten or reword them"
+            )
+        rows[key] = label
 
 
 @torch.inference_mode()
@@ -47,9 +87,13 @@ def classify_files(
     cache_dir: str | os.PathLike | bool | None = None,
     progress: bool = True,
 ) -> ClassifyReport:
-    """Top-k labels per readable image; unreadable images are reported in `failures` and skipped."""
+    """Top-k labels per readable image; unreadable images are recorded in `report.skipped` (path, reason,
+    error) and skipped. Labels and templates are validated as on every surface (apps.inputs)."""
     from clipforge.zeroshot.classifier import build_classifier, zeroshot_logits
 
+    check_positive(top_k=top_k, batch_size=batch_size)
+    labels, templates = validate_labels(labels), validate_templates(templates)
+    check_distinct_prompts(labels, templates, model.context_length)
     classifier = build_classifier(
         model, labels, templates, batch_size=256, cache_dir=cache_dir, progress=progress
     )  # (E, C)
@@ -65,7 +109,7 @@ def classify_files(
                 tensors.append(preprocess(open_image(path)))
                 ok_paths.append(Path(path))
             except (ImageError, OSError) as err:
-                report.failures.append({"path": str(path), "error": str(err)})
+                report.skipped.add(path, err)
         bar.update(len(chunk))
         if not tensors:
             continue
@@ -91,17 +135,15 @@ def prediction_rows(report: ClassifyReport) -> list[dict]:
 
 
 def write_predictions(report: ClassifyReport, path: str | os.PathLike) -> Path:
-    """CSV or JSON by extension (.csv / .json); JSON also lists the failures."""
+    """CSV or JSON by extension (.csv / .json); JSON also lists the skipped files."""
     from clipforge.fileio import atomic_write_json, atomic_write_text
 
     path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output {path}: use a .csv or .json file name")
     rows = prediction_rows(report)
     if path.suffix.lower() == ".json":
         return atomic_write_json(path, {"predictions": rows, "failures": report.failures})
-    if path.suffix.lower() != ".csv":
-        raise ValueError(f"--output {path}: use a .csv or .json file name")
-    import io
-
     columns = list(rows[0]) if rows else ["path", "label", "prob"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -123,21 +165,33 @@ def unique_destination(folder: Path, name: str) -> Path:
 
 def safe_folder_name(label: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in " -_." else "_" for c in label).strip(" .")
+    cleaned = cleaned.encode("utf-8", "surrogateescape")[:200].decode(
+        "utf-8", "ignore"
+    )  # names: <= 255 bytes
     return cleaned or "_"
 
 
 def sort_into(report: ClassifyReport, dest: str | os.PathLike, move: bool = False) -> list[dict]:
-    """Copy (or move) each classified file into `dest/<top-1 label>/`, never overwriting existing files."""
+    """Copy (or move) each classified file into `dest/<top-1 label>/`, never overwriting existing files.
+    A copy is written under a temporary name and renamed, so a full disk leaves no torn file."""
+    from clipforge.fileio import atomic_path, ensure_dir
+
     dest = Path(dest)
     placed = []
     for pred in report.predictions:
-        folder = dest / safe_folder_name(pred.labels[0])
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = ensure_dir(dest / safe_folder_name(pred.labels[0]), "--move-into folder")
         target = unique_destination(folder, pred.path.name)
-        if move:
-            shutil.move(os.fspath(pred.path), target)
-        else:
-            shutil.copy2(pred.path, target)
+        try:
+            if not move:
+                raise OSError(errno.EXDEV, "copy requested")
+            os.rename(pred.path, target)  # same file system: one atomic step
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            with atomic_path(target) as tmp:
+                shutil.copy2(pred.path, tmp)
+            if move:
+                os.unlink(pred.path)
         placed.append({"source": str(pred.path), "destination": str(target)})
     return placed
 

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from clipforge.extras import require
-from clipforge.fileio import atomic_write_json, atomic_write_text
+from clipforge.fileio import OutputInUseError, atomic_write_json, atomic_write_text, ensure_dir
 
 EXACT_MAX = 50_000
 IVF_MAX = 1_000_000
@@ -93,8 +93,10 @@ def recall_at_k(index, vectors: np.ndarray, k: int = 10, num_queries: int = 1000
 
 
 def write_thumbnails(out_dir: Path, metadata: list[dict], info: dict, progress: bool) -> int:
-    """thumbs/<row:08d>.jpg for rows whose image file is known (folder or table sources)."""
+    """thumbs/<row:08d>.jpg for rows whose image file is known (folder or table sources); each written
+    under a temporary name, so a full disk leaves no torn thumbnail."""
     from clipforge.decode import ImageError, decode_rgb
+    from clipforge.fileio import atomic_path
 
     root, column = info.get("image_root"), info.get("image_column")
     if root and column:
@@ -103,8 +105,7 @@ def write_thumbnails(out_dir: Path, metadata: list[dict], info: dict, progress: 
         sources = webdataset_images(info["source"], metadata)
     else:
         return 0
-    thumbs = out_dir / "thumbs"
-    thumbs.mkdir(parents=True, exist_ok=True)
+    thumbs = ensure_dir(out_dir / "thumbs", "thumbnail folder")
     made = 0
     for row_id, source in tqdm(sources, total=len(metadata), desc="thumbnails", disable=not progress):
         target = thumbs / f"{row_id:08d}.jpg"
@@ -114,14 +115,15 @@ def write_thumbnails(out_dir: Path, metadata: list[dict], info: dict, progress: 
             except (ImageError, OSError):
                 continue
             image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-            image.save(target, "JPEG", quality=85)
+            with atomic_path(target) as tmp:
+                image.save(tmp, "JPEG", quality=85)
         made += 1
     return made
 
 
 def webdataset_images(source: str, metadata: list[dict]):
     """(row id, image bytes) for rows embedded from WebDataset shards, read again from the tars."""
-    from clipforge.apps.embed import plan_source
+    from clipforge.apps.sources import plan_source
 
     row_of = {(row["shard"], row["key"]): i for i, row in enumerate(metadata)}
     for plan in plan_source(source, "image", None, 1):
@@ -129,6 +131,47 @@ def webdataset_images(source: str, metadata: list[dict]):
             row_id = row_of.get((meta["shard"], meta["key"]))
             if row_id is not None:
                 yield row_id, payload
+
+
+INDEX_FILES = ("index.faiss", "index.json", "metadata.jsonl")
+
+
+def embeddings_id(info: dict, count: int, embeddings_dir: Path) -> dict:
+    """What an index was built from: the embedding run (weights, inputs, settings) and its row count."""
+    keys = ("weights", "inputs", "kind", "dim", "dtype", "shard_size", "source")
+    return {"embeddings_dir": str(embeddings_dir.resolve()), "count": count, **{k: info.get(k) for k in keys}}
+
+
+def claim_index_dir(out_dir: Path, built_from: dict, overwrite: bool) -> None:
+    """Rebuild the same index in place (its thumbnails are reused), refuse another one's folder, or
+    (overwrite) delete the old index files and thumbnails first."""
+    from clipforge.fileio import is_temp_name, read_text
+
+    info_path = out_dir / "index.json"
+    previous = None
+    if info_path.is_file():
+        try:
+            previous = json.loads(read_text(info_path, "index.json")).get("built_from")
+        except (ValueError, AttributeError):
+            previous = {}
+    occupied = any((out_dir / name).exists() for name in INDEX_FILES) or (out_dir / "thumbs").is_dir()
+    if not overwrite:
+        if previous == built_from or not occupied:
+            return
+        raise OutputInUseError(
+            f"{out_dir} holds an index of other embeddings (built from {(previous or {}).get('embeddings_dir')}); "
+            "use another --out, or --overwrite to replace it (its thumbnails would not match)"
+        )
+    for name in INDEX_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    thumbs = out_dir / "thumbs"
+    if thumbs.is_dir():
+        for path in thumbs.iterdir():
+            if path.suffix == ".jpg" or is_temp_name(path.name):
+                path.unlink()
+    for path in out_dir.iterdir():
+        if is_temp_name(path.name):
+            path.unlink()
 
 
 def build_index_dir(
@@ -139,21 +182,29 @@ def build_index_dir(
     nprobe: int | None = None,
     thumbnails: bool = True,
     recall_queries: int = 1000,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """`clipforge embed` output -> index folder; returns the report written to index.json."""
+    """`clipforge embed` output -> index folder; returns the report written to index.json (written last:
+    a folder without it holds no finished index)."""
     faiss = require("faiss", "building an index")
 
-    from clipforge.apps.embed import load_embeddings
+    from clipforge.apps.embed import INFO_FILE, load_embeddings
+    from clipforge.fileio import atomic_path, read_text
 
+    if nprobe is not None and (not isinstance(nprobe, int) or nprobe < 1):
+        raise ValueError(f"nprobe must be >= 1, got {nprobe!r}")
     embeddings_dir, out_dir = Path(embeddings_dir), Path(out_dir)
     vectors, metadata = load_embeddings(embeddings_dir)
-    info_path = embeddings_dir / "embeddings.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info_path = embeddings_dir / INFO_FILE
+    info = json.loads(read_text(info_path, INFO_FILE)) if info_path.is_file() else {}
+    built_from = embeddings_id(info, len(vectors), embeddings_dir)
+    ensure_dir(out_dir, "index folder")
+    claim_index_dir(out_dir, built_from, overwrite)
     index, params = build_faiss(vectors, kind, nprobe=nprobe)
     recall = 1.0 if params["kind"] == "flat" else recall_at_k(index, vectors, 10, recall_queries)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(out_dir / "index.faiss"))
+    with atomic_path(out_dir / "index.faiss") as tmp:
+        faiss.write_index(index, str(tmp))
     atomic_write_text(out_dir / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in metadata))
     num_thumbs = write_thumbnails(out_dir, metadata, info, progress) if thumbnails else 0
     report = {
@@ -164,8 +215,10 @@ def build_index_dir(
         "recall_queries": min(recall_queries, len(vectors)),
         "thumbnails": num_thumbs,
         "model": info.get("model", ""),
+        "weights": info.get("weights"),
         "embedding_kind": info.get("kind", ""),
         "embeddings_dir": str(embeddings_dir.resolve()),
+        "built_from": built_from,
     }
     atomic_write_json(out_dir / "index.json", report)
     return report

@@ -9,6 +9,7 @@ plus onnx.json (model config, preprocessing, logit scale) so a runtime needs not
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from clipforge.extras import require
-from clipforge.fileio import atomic_write_json
 
 OPSET = 17
 
@@ -42,7 +42,9 @@ class TextTower(nn.Module):
 
 
 def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, output_name: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # the exporter restores the wrapper's own mode afterwards: a wrapper left in training mode would put the
+    # whole model in training mode (and its BatchNorm statistics would drift on the next forward)
+    module.eval()
     torch.onnx.export(
         module,
         (example,),
@@ -56,41 +58,74 @@ def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, out
     return path
 
 
-def export_towers(model: nn.Module, out_dir: str | os.PathLike, batch: int = 2) -> dict[str, Path]:
-    """Write image.onnx, text.onnx and onnx.json into `out_dir`; the model itself is left unchanged."""
+def probe_inputs(model: nn.Module, batch: int = 3, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random images and three texts (short, long, one character) at the model's own image size and text
+    context, for checking an exported model against PyTorch."""
     from clipforge import tokenize
 
-    out_dir = Path(out_dir)
+    size = model.config.preprocess.image_size
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    texts = ["a dog", "a photo of a big red bicycle on a street.", "x"]
+    return images, tokenize(texts, context_length=model.context_length, truncate=True)
+
+
+def export_towers(
+    model: nn.Module, out_dir: str | os.PathLike, batch: int = 2, atol: float | None = 1e-4
+) -> dict[str, Path]:
+    """Write image.onnx, text.onnx and onnx.json into `out_dir`; the model itself is left unchanged.
+
+    The three files are written under temporary names, checked with onnxruntime against PyTorch on
+    `probe_inputs` (ValueError above `atol`; None skips the check), and only then renamed, onnx.json last:
+    a failed or interrupted export leaves no file that looks like a finished one."""
+    from clipforge import tokenize
+    from clipforge.apps.provenance import weights_id
+    from clipforge.fileio import StagedFiles, ensure_dir
+
+    out_dir = ensure_dir(out_dir, "ONNX output folder")
     model = copy.deepcopy(model).float().eval().cpu()
     model.text.trim_to_longest = False  # trimming depends on the values, which a traced graph cannot
     size = model.config.preprocess.image_size
     images = torch.randn(batch, 3, size, size)
     tokens = tokenize(["a photo of a cat.", "a diagram"][:batch] * max(1, batch // 2), model.context_length)
-    with torch.no_grad():
-        paths = {
-            "image": _export(ImageTower(model), images, out_dir / "image.onnx", "images", "image_features"),
-            "text": _export(TextTower(model), tokens, out_dir / "text.onnx", "text", "text_features"),
+    with StagedFiles() as staged:
+        image_tmp, text_tmp = staged.path(out_dir / "image.onnx"), staged.path(out_dir / "text.onnx")
+        info_tmp = staged.path(out_dir / "onnx.json")
+        with torch.no_grad():
+            _export(ImageTower(model), images, image_tmp, "images", "image_features")
+            _export(TextTower(model), tokens, text_tmp, "text", "text_features")
+        diff = None
+        if atol is not None:
+            diff = max_abs_diff(model, OnnxCLIP(image_tmp, text_tmp), *probe_inputs(model))
+            if not max(diff.values()) <= atol:  # NaN fails too
+                raise ValueError(
+                    f"onnxruntime differs from PyTorch by {diff}, above atol {atol}; nothing written"
+                )
+        info = {
+            "config": asdict(model.config),
+            "context_length": model.context_length,
+            "logit_scale": float(model.logit_scale.detach().exp()),
+            "opset": OPSET,
+            "weights": weights_id(model),
+            "max_abs_diff": diff,
+            "files": {"image": "image.onnx", "text": "text.onnx"},
         }
-    info = {
-        "config": asdict(model.config),
-        "context_length": model.context_length,
-        "logit_scale": float(model.logit_scale.detach().exp()),
-        "opset": OPSET,
-        "files": {k: p.name for k, p in paths.items()},
-    }
-    paths["info"] = atomic_write_json(out_dir / "onnx.json", info)
-    return paths
+        info_tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        image_path, text_path, info_path = staged.commit()
+    return {"image": image_path, "text": text_path, "info": info_path}
 
 
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
     """Dynamic int8 quantisation of the weights of MatMul/Gemm (activations stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from clipforge.fileio import atomic_path
+
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-    quantize_dynamic(
-        str(onnx_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
-    )
+    with atomic_path(out_path) as tmp:  # complete or absent
+        quantize_dynamic(
+            str(onnx_path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        )
     return out_path
 
 

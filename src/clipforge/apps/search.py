@@ -38,19 +38,49 @@ class SearchIndex:
 
     def __init__(self, folder: str | os.PathLike):
         faiss = require("faiss", "searching an index")
+        from clipforge.fileio import read_text
 
         self.folder = Path(folder).resolve()
-        index_path = self.folder / "index.faiss"
-        if not index_path.is_file():
-            raise FileNotFoundError(f"{index_path}: not an index folder (run `clipforge index` first)")
-        self.index = faiss.read_index(str(index_path))
-        self.info = json.loads((self.folder / "index.json").read_text())
+        index_path, info_path = self.folder / "index.faiss", self.folder / "index.json"
+        if not index_path.is_file() or not info_path.is_file():
+            raise FileNotFoundError(
+                f"{self.folder}: not a finished index folder (no index.faiss / index.json; run `clipforge index`)"
+            )
+        try:
+            self.index = faiss.read_index(str(index_path))
+        except RuntimeError as error:
+            raise ValueError(f"{index_path}: unreadable faiss index ({str(error).splitlines()[0]})") from None
+        try:
+            self.info = json.loads(read_text(info_path, "index.json"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{info_path}:{error.lineno}: invalid JSON ({error.msg})") from None
         if "nprobe" in self.info and hasattr(self.index, "nprobe"):
             self.index.nprobe = int(self.info["nprobe"])
-        lines = (self.folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = read_text(self.folder / "metadata.jsonl", "metadata").splitlines()
         self.metadata = [json.loads(line) for line in lines if line]
+        if len(self.metadata) != self.index.ntotal:
+            raise ValueError(
+                f"{self.folder}: metadata.jsonl has {len(self.metadata)} rows for {self.index.ntotal} vectors "
+                "(a damaged index folder; build it again with `clipforge index --overwrite`)"
+            )
         thumbs = self.folder / "thumbs"
         self.thumbnails = {p.name for p in thumbs.glob("*.jpg")} if thumbs.is_dir() else set()
+
+    @property
+    def model_source(self):
+        """How to load the model that embedded the indexed vectors (apps.provenance), if recorded."""
+        return self.info.get("model") or None
+
+    def check_model(self, model) -> None:
+        """Refuse a model other than the one that embedded the index (its weights fingerprint)."""
+        from clipforge.apps.provenance import check_same_model
+
+        if model.config.embed_dim != self.dim:
+            raise ValueError(
+                f"{self.folder}: index vectors have {self.dim} dimensions, the model {model.config.embed_dim}; "
+                "search with the model that embedded it"
+            )
+        check_same_model(self.info.get("weights"), self.model_source, model, self.folder)
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -61,8 +91,10 @@ class SearchIndex:
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """(Q, E) or (E,) query vectors -> per query, the top-k hits best first."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k (number of results) must be >= 1, got {k!r}")
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if queries.shape[1] != self.dim:
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"query dim {queries.shape[1]} != index dim {self.dim} (same model?)")
         queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         scores, ids = self.index.search(queries, min(k, len(self)))
@@ -92,6 +124,8 @@ def query_embedding(model, preprocess=None, text: str | None = None, image=None)
     image or anything `clipforge.decode.open_image` reads (a path, bytes), decoded the one exact way."""
     if text is None and image is None:
         raise ValueError("give a text query, an image query, or both")
+    if text is not None and not text.strip():
+        raise ValueError("the text query is empty")
     device = next(model.parameters()).device
     parts = []
     if text is not None:

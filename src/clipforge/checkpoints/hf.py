@@ -12,7 +12,6 @@ transformers itself is not needed to read or write these directories.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,9 +21,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from clipforge.checkpoints.io import model_from_state, read_safetensors, save_safetensors, torch_load_safe
+from clipforge.checkpoints.io import (
+    CheckpointError,
+    model_from_state,
+    read_safetensors,
+    save_safetensors,
+    torch_load_safe,
+)
 from clipforge.checkpoints.openai import match_preset
-from clipforge.fileio import atomic_write_json
+from clipforge.fileio import atomic_write_json, read_json
 from clipforge.models import CLIP, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.config import mlp_ratio_for
 
@@ -234,7 +239,9 @@ def config_from_hf(data: dict, source: str | os.PathLike, folder: Path | None = 
             **_clip_text_pool(t),
         )
     except KeyError as err:
-        raise ValueError(f"{source}: config.json lacks field {err.args[0]!r}") from None
+        raise CheckpointError(source, f"lacks field {err.args[0]!r}") from None
+    except (TypeError, AttributeError, ZeroDivisionError) as err:
+        raise CheckpointError(source, f"a field has the wrong type or value ({err})") from None
     config = CLIPConfig(
         embed_dim=data.get("projection_dim", 512),
         vision=vision,
@@ -261,7 +268,9 @@ def preprocess_from_hf(folder: Path | None, image_size: int, resize_mode: str) -
     path = None if folder is None else folder / "preprocessor_config.json"
     if path is None or not path.is_file():
         return PreprocessConfig(image_size=image_size, resize_mode=resize_mode)
-    data = json.loads(path.read_text())
+    data = read_json(path, "HF preprocessor config")
+    if not isinstance(data, dict):
+        raise CheckpointError(path, "must hold a JSON object")
     resample = data.get("resample", 3)
     if resample not in _RESAMPLE:
         raise ValueError(f"{path}: resample {resample} is not bilinear (2) or bicubic (3)")
@@ -306,19 +315,32 @@ def preprocessor_dict(config: CLIPConfig, processor: str) -> dict:
 
 def hf_model_type(path: str | os.PathLike) -> str | None:
     config = Path(path) / "config.json"
-    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    if not config.is_file():
+        return None
+    data = read_json(config, "HF config")
+    return data.get("model_type") if isinstance(data, dict) else None
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
     return hf_model_type(path) in MODEL_TYPES
 
 
-def read_hf_weights(path: Path) -> dict[str, Tensor]:
-    if (path / "model.safetensors").is_file():
-        return read_safetensors(path / "model.safetensors")[0]
-    if (path / "pytorch_model.bin").is_file():
-        return torch_load_safe(path / "pytorch_model.bin")
+def hf_weights_file(path: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return path / name
     raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+def read_hf_weights(path: Path) -> dict[str, Tensor]:
+    """The folder's state_dict, checked to be a dict of tensors (CheckpointError naming the file if not)."""
+    weights = hf_weights_file(path)
+    state_dict = (
+        read_safetensors(weights)[0] if weights.suffix == ".safetensors" else torch_load_safe(weights)
+    )
+    if not (isinstance(state_dict, dict) and all(isinstance(v, Tensor) for v in state_dict.values())):
+        raise CheckpointError(weights, f"holds a {type(state_dict).__name__}, not a state_dict of tensors")
+    return state_dict
 
 
 def load_hf(path: str | os.PathLike) -> CLIP:
@@ -326,17 +348,23 @@ def load_hf(path: str | os.PathLike) -> CLIP:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not an HF model directory (no config.json)")
-    data = json.loads((path / "config.json").read_text())
+    data = read_json(path / "config.json", "HF config")
+    if not isinstance(data, dict):
+        raise CheckpointError(path / "config.json", "must hold a JSON object")
     if data.get("model_type") in ("siglip", "siglip2"):
         from clipforge.checkpoints.hf_siglip import load_siglip
 
         return load_siglip(path, data)
     if data.get("model_type") != "clip":
-        raise ValueError(
-            f"{path / 'config.json'}: model_type {data.get('model_type')!r}; valid: {MODEL_TYPES}"
+        raise CheckpointError(
+            path / "config.json", f"model_type {data.get('model_type')!r}; valid: {MODEL_TYPES}"
         )
     config = config_from_hf(data, path / "config.json", path)
-    return model_from_state(config, hf_to_clipforge(read_hf_weights(path)), path)
+    try:
+        converted = hf_to_clipforge(read_hf_weights(path))
+    except KeyError as err:
+        raise CheckpointError(hf_weights_file(path), f"lacks tensor {err.args[0]!r}") from None
+    return model_from_state(config, converted, hf_weights_file(path), own_vocabulary=True)
 
 
 def save_hf(model: CLIP, path: str | os.PathLike) -> Path:

@@ -32,7 +32,7 @@ from clipforge.checkpoints.hf import (
     tokenizer_folder,
     tower_shapes,
 )
-from clipforge.checkpoints.io import model_from_state, save_safetensors
+from clipforge.checkpoints.io import CheckpointError, model_from_state, save_safetensors
 from clipforge.fileio import atomic_write_json
 from clipforge.models import CLIP, CLIPConfig, TextConfig, VisionConfig
 
@@ -130,7 +130,9 @@ def config_from_siglip(data: dict, folder: Path) -> CLIPConfig:
         )  # fmt: skip
         embed_dim = t.get("projection_size", t["hidden_size"])
     except KeyError as err:
-        raise ValueError(f"{source}: config.json lacks field {err.args[0]!r}") from None
+        raise CheckpointError(source, f"lacks field {err.args[0]!r}") from None
+    except (TypeError, AttributeError, ZeroDivisionError) as err:
+        raise CheckpointError(source, f"a field has the wrong type or value ({err})") from None
     return CLIPConfig(
         embed_dim=embed_dim,
         vision=vision,
@@ -145,7 +147,7 @@ def config_from_siglip(data: dict, folder: Path) -> CLIPConfig:
 def load_siglip(path: Path, data: dict) -> CLIP:
     config = config_from_siglip(data, path)
     state_dict = siglip_to_clipforge(read_hf_weights(path), siglip2=data["model_type"] == "siglip2")
-    return model_from_state(config, state_dict, path)
+    return model_from_state(config, state_dict, path, own_vocabulary=True)
 
 
 def siglip_config_dict(config: CLIPConfig) -> dict:

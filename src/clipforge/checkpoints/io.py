@@ -13,10 +13,13 @@ clipforge's format:
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +34,21 @@ from clipforge.models import CLIP, CLIPConfig
 CLIPFORGE_FORMAT = "clipforge"
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint file or folder is malformed (empty, truncated, a header that lies, text instead of
+    weights, a config that cannot describe a model); the message names the path and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        super().__init__(f"{os.fspath(path)}: {problem}")
+        self.path, self.problem = os.fspath(path), problem
+
+
+class UnsafeCheckpointError(CheckpointError):
     """The file would run code (or reference non-weight objects) when loaded."""
+
+    def __init__(self, message: str):
+        ValueError.__init__(self, message)
+        self.path, self.problem = "", message
 
 
 @dataclass
@@ -44,14 +60,116 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def is_safetensors(path: str | os.PathLike) -> bool:
-    """True if the file starts with a safetensors header (u64 length + JSON object)."""
+# ---- the validation layer: every weights file is read through here ------------------------------------
+
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}  # fmt: skip
+
+
+def sniff_file(path: str | os.PathLike) -> str:
+    """'safetensors' | 'zip' (torch.save, TorchScript) | 'pickle' (legacy torch.save) from the first bytes,
+    or a CheckpointError for what no checkpoint is: a missing or empty file, text, a Git LFS pointer."""
     path = Path(path)
-    if not path.is_file() or path.stat().st_size < 10:
-        return False
+    if path.is_dir():
+        raise CheckpointError(path, "is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such checkpoint file", os.fspath(path))
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CheckpointError(path, "the file is empty (0 bytes): an interrupted download or copy?")
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(path, "is a Git LFS pointer, not the weights (run `git lfs pull`)")
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= MAX_SAFETENSORS_HEADER:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "pickle"
+    text = head.decode("utf-8", "replace")
+    if all(c.isprintable() or c in "\r\n\t" for c in text.rstrip("\ufffd")):
+        raise CheckpointError(path, f"is a text file, not a checkpoint (it starts {text[:40]!r})")
+    raise CheckpointError(path, f"not a checkpoint: unknown format (first bytes {head[:8].hex(' ')})")
+
+
+def validate_safetensors(path: str | os.PathLike) -> dict:
+    """The header of a safetensors file, checked against the file before any tensor is read: JSON, known
+    dtypes, sizes that match shapes, offsets inside the file and covering it. CheckpointError otherwise."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(path, f"too short for a safetensors file ({size} bytes)")
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        return length <= path.stat().st_size and f.read(1) == b"{"
+        if length > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise CheckpointError(
+                path,
+                f"safetensors header says it is {length:,} bytes, but the file has {size - 8:,} after it: "
+                "truncated, or not a safetensors file",
+            )
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(path, f"safetensors header is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "safetensors header is not a JSON object")
+    data_size = size - 8 - length
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not (isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
+                raise CheckpointError(path, "safetensors __metadata__ must map names to strings")
+            continue
+        spans.append(_check_tensor_entry(path, name, entry, data_size))
+    covered = 0
+    for begin, end, name in sorted(spans):
+        if begin != covered:
+            raise CheckpointError(
+                path, f"tensor {name!r} starts at byte {begin:,}, expected {covered:,} (gap or overlap)"
+            )
+        covered = end
+    if covered != data_size:
+        raise CheckpointError(
+            path, f"the header describes {covered:,} bytes of tensor data, the file holds {data_size:,}"
+        )
+    return header
+
+
+def _check_tensor_entry(path: Path, name: str, entry, data_size: int) -> tuple[int, int, str]:
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+    except (TypeError, KeyError, ValueError):
+        raise CheckpointError(path, f"tensor {name!r}: header entry lacks dtype/shape/data_offsets") from None
+    if dtype not in _ST_ITEMSIZE:
+        raise CheckpointError(path, f"tensor {name!r}: unknown dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise CheckpointError(path, f"tensor {name!r}: bad shape {shape!r}")
+    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
+        raise CheckpointError(path, f"tensor {name!r}: bad data offsets {[begin, end]!r}")
+    if end > data_size:
+        raise CheckpointError(
+            path,
+            f"tensor {name!r} ends at byte {end:,} but the file holds {data_size:,} bytes of tensor data: "
+            "truncated (download or copy it again)",
+        )
+    needed = math.prod(shape) * _ST_ITEMSIZE[dtype]
+    if end - begin != needed:
+        raise CheckpointError(
+            path,
+            f"tensor {name!r}: shape {tuple(shape)} of {dtype} needs {needed:,} bytes, the header gives {end - begin:,}",
+        )
+    return begin, end, name
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """True if the file starts like a safetensors file (u64 header length + '{'), even when truncated:
+    `read_safetensors` then says what is wrong with it."""
+    try:
+        return sniff_file(path) == "safetensors"
+    except (CheckpointError, OSError):
+        return False
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
@@ -63,40 +181,131 @@ def is_torchscript(path: str | os.PathLike) -> bool:
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors (on CPU) and the string metadata of a safetensors file."""
-    from safetensors import safe_open
+    """Tensors (on CPU) and the string metadata of a safetensors file, validated first."""
+    from safetensors import SafetensorError, safe_open
 
+    if sniff_file(path) != "safetensors":
+        raise CheckpointError(
+            path, "is not a safetensors file (its first bytes are not a safetensors header)"
+        )
+    validate_safetensors(path)
     tensors = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = dict(f.metadata() or {})
-        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-            tensors[key] = f.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                tensors[key] = f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(path, f"unreadable safetensors file ({error})") from None
     return tensors, metadata
 
 
 def read_safetensors_header(path: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
-    """Tensor names and metadata without reading the tensors."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return list(f.keys()), dict(f.metadata() or {})
+    """Tensor names and metadata without reading the tensors (validated like `read_safetensors`)."""
+    header = validate_safetensors(path)
+    return [k for k in header if k != "__metadata__"], dict(header.get("__metadata__") or {})
 
 
 def torch_load_safe(path: str | os.PathLike) -> Any:
-    """`torch.load` restricted to tensors and plain containers; refuses anything that runs code."""
+    """`torch.load` restricted to tensors and plain containers; refuses anything that runs code, and says
+    which file is empty, truncated or not a torch file at all."""
     path = Path(path)
+    kind = sniff_file(path)
+    if kind == "safetensors":
+        raise CheckpointError(path, "is a safetensors file, not a torch.save file")
+    if kind == "zip" and not zipfile.is_zipfile(path):
+        raise CheckpointError(path, "truncated or damaged: a zip archive (torch.save) whose end is missing")
     if is_torchscript(path):
-        raise ValueError(f"{path}: is a TorchScript archive; read it with clipforge.checkpoints.openai")
+        raise CheckpointError(path, "is a TorchScript archive; read it with clipforge.checkpoints.openai")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        detail = next((ln for ln in str(err).splitlines() if "GLOBAL" in ln or "global" in ln), first_line)
+        if "Weights only load failed" not in str(err):
+            raise CheckpointError(path, f"damaged pickle ({_first_line(err)})") from None
+        detail = next(
+            (ln for ln in str(err).splitlines() if "GLOBAL" in ln or "global" in ln), _first_line(err)
+        )
         raise UnsafeCheckpointError(
             f"{path}: refusing to load: the pickle references objects beyond tensors and plain "
             f"containers, so loading it could run code ({detail.strip()}). Convert it where you trust "
             "the source, or save weights as safetensors."
         ) from None
+    except (
+        EOFError,
+        RuntimeError,
+        OSError,
+        zipfile.BadZipFile,
+        KeyError,
+        ValueError,
+        IndexError,
+        struct.error,
+    ) as err:
+        raise CheckpointError(
+            path, f"truncated or damaged torch file ({type(err).__name__}: {_first_line(err)})"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def validate_config(config: CLIPConfig, source: str | os.PathLike, own_vocabulary: bool = False) -> None:
+    """Refuse a config no model can be built from, or one the tokenizer cannot feed, naming the field.
+    (Towers of other kinds, e.g. timm or HF encoders, are checked by their own builders.) A vocabulary
+    smaller than the BPE tokenizer's is refused, or only warned about when `own_vocabulary` (an HF folder
+    defines its own vocabulary; its tokenizer files may just not have been shipped)."""
+    v, t = config.vision, config.text
+    fields_: dict[str, Any] = {"embed_dim": config.embed_dim}
+    if v.kind in ("vit", "resnet"):
+        layers = v.layers if isinstance(v.layers, tuple) else (v.layers,)
+        fields_.update(
+            {"vision.width": v.width, "vision.image_size": v.image_size, "vision.heads": v.num_heads}
+        )
+        fields_.update({f"vision.layers[{i}]": n for i, n in enumerate(layers)})
+        if v.kind == "vit":
+            fields_["vision.patch_size"] = v.patch_size
+    bpe_text = getattr(t, "kind", "transformer") == "transformer"
+    if bpe_text:
+        fields_.update({"text.width": t.width, "text.heads": t.heads, "text.layers": t.layers,
+                        "text.context_length": t.context_length, "text.vocab_size": t.vocab_size})  # fmt: skip
+    for name, value in fields_.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CheckpointError(source, f"config field {name} = {value!r}; it must be a whole number >= 1")
+    if bpe_text and t.width % t.heads:
+        raise CheckpointError(
+            source, f"config: text.width {t.width} is not divisible by text.heads {t.heads}"
+        )
+    # not divisibility: the patch conv floors, as open_clip's (ViT-SO400M-14-SigLIP-384 has 384 px, 14 px patches)
+    if v.kind == "vit" and v.image_size < v.patch_size:
+        raise CheckpointError(
+            source, f"config: vision.image_size {v.image_size} is smaller than one patch ({v.patch_size})"
+        )
+    if bpe_text and t.hf_tokenizer_name is None and t.vocab_size < TOKENIZER_VOCAB_SIZE:  # our BPE's ids
+        problem = (
+            f"the text vocabulary has {t.vocab_size} rows, but clipforge's BPE tokenizer emits ids up to "
+            f"{TOKENIZER_VOCAB_SIZE - 1} (start/end of text: {TOKENIZER_VOCAB_SIZE - 2}/{TOKENIZER_VOCAB_SIZE - 1})"
+        )
+        if not own_vocabulary:
+            raise CheckpointError(
+                source, f"{problem}: a truncated embedding, or weights for another tokenizer"
+            )
+        warnings.warn(
+            f"{source}: {problem} and no tokenizer files came with it: give it token ids, or add its "
+            "tokenizer.json to the folder",
+            stacklevel=4,
+        )
+
+
+TOKENIZER_VOCAB_SIZE = 49408
+
+
+def check_finite(state_dict: dict[str, Tensor], source: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or infinity (every output would be NaN, or silently wrong)."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(source, f"tensor {name!r} holds {bad:,} NaN/infinite values")
 
 
 def save_checkpoint(
@@ -150,8 +359,9 @@ def read_clipforge(path: str | os.PathLike) -> Checkpoint | None:
         tensors, metadata = read_safetensors(path)
         if metadata.get("format") != CLIPFORGE_FORMAT or "clipforge_config" not in metadata:
             return None
-        config = _config_from(path, json.loads(metadata["clipforge_config"]))
-        return Checkpoint(config, tensors, json.loads(metadata.get("clipforge_extra", "{}")))
+        config = _config_from(path, _metadata_json(path, metadata, "clipforge_config"))
+        extra = _metadata_json(path, {"clipforge_extra": "{}", **metadata}, "clipforge_extra")
+        return Checkpoint(config, tensors, extra if isinstance(extra, dict) else {})
     if is_torchscript(path) or not path.is_file():
         return None
     obj = torch_load_safe(path)
@@ -162,17 +372,32 @@ def checkpoint_from_object(path: str | os.PathLike, obj: Any) -> Checkpoint | No
     """Interpret an already-loaded pickle as a clipforge checkpoint (None if it is not one)."""
     if not (isinstance(obj, dict) and "config" in obj and "state_dict" in obj):
         return None
-    if obj.get("format", CLIPFORGE_FORMAT) != CLIPFORGE_FORMAT or not isinstance(obj["config"], dict):
+    if obj.get("format", CLIPFORGE_FORMAT) != CLIPFORGE_FORMAT:
         return None
+    if not isinstance(obj["config"], dict):
+        raise CheckpointError(
+            path, f"its 'config' is a {type(obj['config']).__name__}, not a mapping of config fields"
+        )
     extra = {k: v for k, v in obj.items() if k not in ("format", "config", "state_dict")}
     return Checkpoint(_config_from(path, obj["config"]), dict(obj["state_dict"]), extra)
 
 
-def _config_from(path: str | os.PathLike, data: dict) -> CLIPConfig:
+def _metadata_json(path: str | os.PathLike, metadata: dict[str, str], key: str) -> Any:
     try:
-        return CLIPConfig.from_dict(data)
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(path, f"safetensors metadata {key!r} is not valid JSON ({error.msg})") from None
+
+
+def _config_from(path: str | os.PathLike, data: dict) -> CLIPConfig:
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"clipforge config is a {type(data).__name__}, not an object")
+    try:
+        config = CLIPConfig.from_dict(data)
     except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"{path}: bad clipforge config: {err}") from None
+        raise CheckpointError(path, f"bad clipforge config: {err}") from None
+    validate_config(config, path)
+    return config
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -189,10 +414,16 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return checkpoint
 
 
-def model_from_state(config: CLIPConfig, state_dict: dict[str, Tensor], source: str | os.PathLike) -> CLIP:
+def model_from_state(
+    config: CLIPConfig, state_dict: dict[str, Tensor], source: str | os.PathLike, own_vocabulary: bool = False
+) -> CLIP:
     """Build `CLIP(config)` and load a clipforge-named state_dict, keeping the file's dtype.
 
-    Only BatchNorm's `num_batches_tracked` may be missing; any other mismatch names the keys."""
+    Only BatchNorm's `num_batches_tracked` may be missing; any other mismatch names the keys. The config
+    must describe a buildable model the tokenizer can feed (see validate_config), and every weight must be
+    finite."""
+    validate_config(config, source, own_vocabulary)
+    check_finite(state_dict, source)
     # Built on the meta device (no memory, no init time), except ecosystem towers: timm / transformers
     # modules hold non-persistent buffers (position ids, ...) that a state_dict cannot fill.
     external = config.vision.kind == "timm" or config.text.kind == "hf"

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from clipforge.checkpoints.io import (
+    CheckpointError,
     is_safetensors,
     is_torchscript,
     model_from_state,
@@ -239,7 +240,14 @@ def model_from_openai_state(
                 stacklevel=3,
             )
             activation = "quick_gelu"
-        config = infer_config(state_dict, activation)
+        try:
+            config = infer_config(state_dict, activation)
+        except KeyError as err:
+            raise CheckpointError(
+                source, f"lacks tensor {err.args[0]!r} (an incomplete CLIP state_dict)"
+            ) from None
+        except (IndexError, ZeroDivisionError) as err:
+            raise CheckpointError(source, f"tensor shapes do not describe a CLIP model ({err})") from None
     return model_from_state(config, openai_to_clipforge(state_dict), source)
 
 

@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--dtype", default="fp32", choices=list(_DTYPES), help="weights dtype to write")
     args = parser.parse_args(argv)
+    from clipforge.fileio import check_output_dir, check_output_file
+
+    if args.to == "hf":
+        check_output_dir(args.dst, "dst")
+    else:
+        check_output_file(args.dst, None, "dst")
     source_format = detect_format(args.src)
     model = load_any(args.src, config=args.model, dtype=_DTYPES[args.dtype])
     written = save(model, args.dst, args.to)

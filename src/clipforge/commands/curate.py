@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.build_queries, args.min_count, args.cap, args.shard_size = True, 5, 40, 100
     if not args.input or not args.out:
         raise ValueError("--input and --out are required (or --smoke)")
+    from clipforge.fileio import check_output_dir
+
+    check_output_dir(args.out, "--out")
     queries_file = args.queries
     if queries_file is None:
         if not args.build_queries:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipforge.commands.options import add_model_args, load_model_from, user_path
+from clipforge.commands.options import add_model_args, load_model_from, model_source, positive_int, user_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12,16 +12,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "source",
         type=user_path,
-        help="image folder, .csv/.jsonl/.txt table, or WebDataset .tar[.gz] shards/folder",
+        help="image folder, .csv/.tsv/.jsonl/.txt table, or WebDataset .tar[.gz] shards/folder",
     )
-    p.add_argument("--out", type=user_path, required=True, help="output folder (reruns skip finished shards)")
+    p.add_argument(
+        "--out", type=user_path, required=True, help="output folder (a rerun of the same job resumes it)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="the --out folder holds another job: delete it, start clean"
+    )
     p.add_argument("--kind", choices=("image", "text"), default="image")
     p.add_argument("--column", help="table column with the image path (default 'path') or text ('text')")
     add_model_args(p)
-    p.add_argument("--shard-size", type=int, default=10_000, help="rows per output shard")
+    p.add_argument("--shard-size", type=positive_int, default=1_000, help="rows per output shard")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--metadata", choices=("parquet", "jsonl"), default="parquet")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -29,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from clipforge.apps.embed import embed_source
+    from clipforge.apps.sources import plan_source
+    from clipforge.fileio import check_output_dir
 
-    if args.shard_size < 1:
-        raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
+    check_output_dir(args.out, "--out")
+    plan_source(args.source, args.kind, args.column, args.shard_size)  # a bad source is refused first
     model, preprocess = load_model_from(args)
     report = embed_source(
         model,
@@ -44,13 +51,16 @@ def main(argv: list[str] | None = None) -> dict:
         dtype=args.dtype,
         metadata_format=args.metadata,
         batch_size=args.batch_size,
-        model_name=args.checkpoint or args.model,
+        model_name=model_source(args),
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     if not args.quiet:
+        failures = report["failures"]
+        note = f", list in {report['skipped_file']}" if failures else ""
         print(
             f"rank {report['rank']}/{report['world_size']}: wrote {len(report['written'])} shards "
-            f"({report['rows']} rows), skipped {len(report['skipped'])} finished, "
-            f"{len(report['failures'])} unreadable -> {args.out}"
+            f"({report['rows']} rows), {len(report['skipped'])} already finished, "
+            f"{len(failures)} inputs skipped{note} -> {args.out}"
         )
     return report

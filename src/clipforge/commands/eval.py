@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from clipforge.commands.options import user_path
+from clipforge.commands.options import positive_int, user_path
 from clipforge.device import DEFAULT_DEVICE
 
 SMOKE_DATA = Path(
@@ -19,9 +19,16 @@ SMOKE_DATA = Path(
 )
 
 
-def _model(spec: str, args):
+def _model(spec: str | None, args):
+    """The model to evaluate: a checkpoint, a preset with --pretrained, or (explicitly) random weights."""
+    from clipforge.commands.options import NO_WEIGHTS
     from clipforge.factory import load_model
 
+    if not spec:
+        raise ValueError(NO_WEIGHTS.replace("--checkpoint FILE", "--model FILE"))
+    is_file = Path(spec).expanduser().exists()
+    if not is_file and not (args.pretrained or args.random_weights or args.smoke):
+        raise ValueError(f"--model {spec}: {NO_WEIGHTS.replace('--checkpoint FILE', '--model FILE')}")
     return load_model(spec, args.pretrained, args.device)
 
 
@@ -104,11 +111,18 @@ def _common(parser: argparse.ArgumentParser, many_models: bool = False) -> None:
             "--model", action="append", help="preset or checkpoint; repeat for model A, B, ..."
         )
     else:
-        parser.add_argument("--model", default="tiny-vit", help="preset name or checkpoint path")
+        parser.add_argument("--model", help="checkpoint path, or a preset name with --pretrained")
     parser.add_argument("--pretrained", default=None, help="pretrained tag or weights path for a preset")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="evaluate a preset with random weights (a chance baseline)",
+    )
     parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto: CUDA when available, else CPU")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--limit", type=int, default=None, help="use at most this many samples per split")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument(
+        "--limit", type=positive_int, default=None, help="use at most this many samples per split"
+    )
     parser.add_argument("--out", type=user_path, default="results/eval", help="report folder")
     parser.add_argument("--smoke", action="store_true", help="random tiny model, few shared images, seconds")
     parser.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clipforge.commands.options import user_path
+from clipforge.commands.options import positive_int, user_path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -13,23 +13,31 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("embeddings", type=user_path, help="folder written by `clipforge embed`")
     p.add_argument("--out", type=user_path, required=True, help="index folder to create")
     p.add_argument(
+        "--overwrite", action="store_true", help="--out holds an index of other embeddings: replace it"
+    )
+    p.add_argument(
         "--kind",
         choices=("auto", "flat", "ivf", "hnsw", "ivfpq"),
         default="auto",
         help="auto: exact below 50k vectors, IVF below 1M, IVF-PQ above",
     )
-    p.add_argument("--nprobe", type=int, help="IVF lists searched per query (default nlist/16, >= 8)")
+    p.add_argument(
+        "--nprobe", type=positive_int, help="IVF lists searched per query (default nlist/16, >= 8)"
+    )
     p.add_argument("--no-thumbnails", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     from clipforge.apps.index import build_index_dir
+    from clipforge.fileio import check_output_dir
 
+    check_output_dir(args.out, "--out")
     report = build_index_dir(
         args.embeddings,
         args.out,
         args.kind,
         nprobe=args.nprobe,
         thumbnails=not args.no_thumbnails,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     if not args.quiet:

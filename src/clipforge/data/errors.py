@@ -13,6 +13,9 @@ EMPTY_CAPTION = "empty_caption"
 BAD_ENCODING = "non_utf8_caption"
 MISSING_FIELD = "missing_field"
 BAD_LABEL = "bad_label"
+BAD_JSON = "bad_json"  # a JSONL line that is not a JSON object
+EXTRA_FIELDS = "extra_fields"  # a CSV row with more fields than its header
+UNBALANCED_QUOTE = "unbalanced_quote"  # a CSV quote that swallowed the rows after it
 
 
 class DataSourceError(ValueError):

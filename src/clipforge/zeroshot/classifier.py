@@ -131,13 +131,20 @@ def build_classifier(
         )  # (C*T, E)
     finally:
         model.train(was_training)
-    feats = feats.view(len(classnames), len(templates), -1)  # (C, T, E)
-    weights = F.normalize(feats.mean(dim=1), dim=-1).T.contiguous()  # (E, C)
+    weights = head_from_prompt_features(feats, len(classnames), len(templates))  # (E, C)
 
     if cache_path is not None:
         cpu_weights = weights.cpu()
         atomic_write(cache_path, lambda f: torch.save(cpu_weights, f))
     return weights
+
+
+def head_from_prompt_features(features: Tensor, num_classes: int, num_templates: int) -> Tensor:
+    """(C*T, E) unit prompt embeddings, class-major -> (E, C) zero-shot weights: per class, the renormalised
+    mean over its templates. The one ensembling step, for callers that encode the prompts themselves (the
+    service does, through its micro-batcher)."""
+    feats = features.view(num_classes, num_templates, -1)  # (C, T, E)
+    return F.normalize(feats.float().mean(dim=1), dim=-1).T.contiguous()  # (E, C)
 
 
 def _image_batches(images: Tensor | Iterable, batch_size: int) -> Iterable[Tensor]:
