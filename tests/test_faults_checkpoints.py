@@ -354,3 +354,19 @@ def test_the_good_files_still_load(ws):
         rc, out, err = run_cli(["info", ws[key], "--json"])
         assert rc == 0, err
         assert json.loads(out)["params"] > 0
+
+
+def test_every_preset_passes_config_validation():
+    """The validation refuses broken files, never a real architecture: every preset's config passes, e.g.
+    ViT-SO400M-14-SigLIP-384 (384 px, 14 px patches: the patch conv floors, as in open_clip)."""
+    from clipforge.checkpoints.io import CheckpointError, validate_config
+    from clipforge.models import get_config, list_models
+
+    refused = {}
+    for name in list_models():
+        try:
+            validate_config(get_config(name), name)
+        except CheckpointError as error:
+            refused[name] = str(error)
+    assert not refused, refused
+    assert "ViT-SO400M-14-SigLIP-384" in list_models()
