@@ -21,6 +21,14 @@ class ModelSection:
         0.0  # FLIP: share of a ViT's patch tokens dropped per image in training (paper: 0.5)
     )
     compile: bool = False  # torch.compile the towers (parameter names and checkpoints unchanged)
+    # Pretrained towers (docs/towers.md): a file/folder or a clipforge.local_weights name, loaded into a timm
+    # image trunk (vision.kind=timm, e.g. "efficientnet-lite0") / an HF text encoder (text.kind=hf,
+    # e.g. "all-MiniLM-L6-v2"); projections start fresh.
+    image_tower: str | None = None
+    text_tower: str | None = None
+    lock_image_unlocked_groups: int = 0  # with lock_image: the last N timm layer groups still train
+    lock_text_unlocked_layers: int = 0  # with lock_text: the last N transformer layers still train
+    lock_text_freeze_layer_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -171,10 +179,6 @@ class TrainConfig:
             (
                 not (self.data.kind == "stream" and self.data.resampled and not self.data.samples_per_epoch),
                 "data.resampled=true needs data.samples_per_epoch (a resampled stream has no natural end)",
-            ),
-            (
-                not (self.model.lock_image and self.model.lock_text),
-                "model.lock_image and lock_text: nothing to train",
             ),
             (
                 self.data.kind in ("synthetic", "custom") or self.data.path is not None,

@@ -30,10 +30,10 @@ from clipforge.data import (
 )
 from clipforge.data.captions import Captioner
 from clipforge.data.labelled import read_classes
+from clipforge.tokenizer import tokenizer_for
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import DistInfo
 from clipforge.train.metrics import ZeroShotEval
-from clipforge.zeroshot.classifier import model_tokenizer
 
 SYNTHETIC_TEMPLATES = ("a photo of a {}.",)
 
@@ -49,9 +49,10 @@ def augment_config(config: TrainConfig, model: nn.Module) -> AugmentConfig:
 
 
 def open_source(config: TrainConfig, model: nn.Module, progress: bool) -> tuple[LabelledArrays, Captioner]:
-    """(decoded images, their captioner) for `config.data.kind`; captions are tokenised by the model's tokenizer
-    (`model_tokenizer`, the one place that chooses it)."""
-    data, context_length, tokenizer = config.data, model.context_length, model_tokenizer(model)
+    """(decoded images, their captioner) for `config.data.kind`; captions use the model's own tokenizer (the
+    one place the trainer picks it: OpenAI's BPE, or an HF text tower's)."""
+    data, context_length = config.data, model.context_length
+    tokenizer = tokenizer_for(model)
     size = data.decode_size or model.config.vision.image_size
     cache = dict(cache_dir=data.cache_dir, num_workers=data.num_workers, progress=progress)
     if data.kind == "synthetic":
@@ -103,7 +104,7 @@ def build_stream(config: TrainConfig, model: nn.Module, info: DistInfo) -> Shard
     classes = read_classes(data.classes) if data.classes else None
     return open_stream(
         data.path, stream, info.rank, info.world_size, data.num_workers, classes, tuple(data.templates),
-        model.context_length, pin_memory=info.device.type == "cuda", tokenizer=model_tokenizer(model),
+        model.context_length, pin_memory=info.device.type == "cuda", tokenizer=tokenizer_for(model),
     )  # fmt: skip
 
 

@@ -72,12 +72,28 @@ def build_model(config: TrainConfig) -> nn.Module:
     if section.image_size is not None:
         model_config = model_config.with_image_size(section.image_size)
     if section.pretrained is None:
-        return CLIP(model_config)
+        model = CLIP(model_config)
+        load_pretrained_towers(model, section.image_tower, section.text_tower)
+        return model
+    if section.image_tower or section.text_tower:
+        raise ValueError(
+            "model.pretrained (a whole CLIP) cannot be combined with model.image_tower / text_tower"
+        )
     if model_config != get_config(section.name):
         raise ValueError("model.pretrained cannot be combined with model.context_length or model.image_size")
     from clipforge.factory import create_model
 
     return create_model(section.name, pretrained=section.pretrained).train()
+
+
+def load_pretrained_towers(model: nn.Module, image_tower: str | None, text_tower: str | None) -> None:
+    """Pretrained unimodal weights into a fresh CLIP's timm image trunk / HF text encoder."""
+    from clipforge.checkpoints.towers import load_image_tower, load_text_tower
+
+    if image_tower:
+        load_image_tower(model, image_tower)
+    if text_tower:
+        load_text_tower(model, text_tower)
 
 
 def fit(
@@ -136,7 +152,11 @@ class _Run:
         self.model = (model if model is not None else build_model(config)).to(device)
         use_fast_layout(self.model, device)
         D.broadcast_module(self.model)
-        lock_towers(self.model, config.model.lock_image, config.model.lock_text)
+        section = config.model
+        lock_towers(
+            self.model, section.lock_image, section.lock_text, section.lock_image_unlocked_groups,
+            section.lock_text_unlocked_layers, section.lock_text_freeze_layer_norm,
+        )  # fmt: skip
         if config.model.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         set_patch_dropout(self.model, config.model.patch_dropout)
