@@ -207,6 +207,7 @@ def save_hf(model: CLIP, path: str | os.PathLike) -> Path:
     tensors = clipforge_to_hf(model.state_dict())
     config_json = hf_config_dict(model.config)
     pre = model.config.preprocess
+    squash = pre.resize_mode == "squash"  # both sides resized, no crop
     save_safetensors(path / "model.safetensors", tensors, {"format": "pt"})
     atomic_write_json(path / "config.json", config_json)
     atomic_write_json(
@@ -214,9 +215,11 @@ def save_hf(model: CLIP, path: str | os.PathLike) -> Path:
         {
             "image_processor_type": "CLIPImageProcessor",
             "do_resize": True,
-            "size": {"shortest_edge": pre.image_size},
+            "size": {"height": pre.image_size, "width": pre.image_size}
+            if squash
+            else {"shortest_edge": pre.image_size},
             "resample": 3 if pre.interpolation == "bicubic" else 2,
-            "do_center_crop": True,
+            "do_center_crop": not squash,
             "crop_size": {"height": pre.image_size, "width": pre.image_size},
             "do_rescale": True,
             "rescale_factor": 1 / 255,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipforge.models.config import VisionConfig
@@ -43,3 +46,20 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:  # images: (B, 3, H, W)
         return self.features(images) @ self.proj  # (B, E)
+
+
+def resize_positional_embedding(positional_embedding: Tensor, grid: int) -> Tensor:
+    """(1 + G*G, W) -> (1 + grid*grid, W): the class token's embedding kept, the G x G grid resized bicubically
+    with antialiasing (align_corners=False), as open_clip's `resize_pos_embed`; computed in float32."""
+    old_grid = math.isqrt(positional_embedding.shape[0] - 1)
+    if old_grid * old_grid + 1 != positional_embedding.shape[0]:
+        raise ValueError(
+            f"positional_embedding of {positional_embedding.shape[0]} rows is not a class token + a square grid"
+        )
+    if old_grid == grid:
+        return positional_embedding
+    cls, patches = positional_embedding[:1], positional_embedding[1:]  # (1, W), (G*G, W)
+    patches = patches.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)  # (1, W, G, G)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)  # (grid*grid, W)
+    return torch.cat([cls, patches.to(positional_embedding.dtype)])
