@@ -19,7 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 import clipforge
 from clipforge.checkpoints import load_hub, registry, save
 from clipforge.checkpoints.download import ChecksumError
-from clipforge.checkpoints.hub import parse_hub_spec
+from clipforge.checkpoints.hub import parse_hub_spec, weight_candidates
 from clipforge.checkpoints.parity import compare_open_clip, randomize_, sample_inputs
 from clipforge.models import PRESETS, CLIPConfig, PreprocessConfig, get_config
 
@@ -184,6 +184,13 @@ def test_hub_spec_parsing():
             parse_hub_spec(bad)
 
 
+def test_weight_file_candidates_follow_open_clip():
+    default = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    assert weight_candidates("") == weight_candidates("open_clip_pytorch_model.bin") == default
+    assert weight_candidates("pytorch_model.bin") == ("pytorch_model.safetensors", "pytorch_model.bin")
+    assert weight_candidates("weights.npz") == ("weights.npz",)
+
+
 def test_online_download_then_offline_reload_from_the_cache(hub, monkeypatch):
     reference = _tiny_open_clip(seed=1)
     hub.commit("org/tiny", _open_clip_repo(reference, SQUASH))
@@ -326,3 +333,19 @@ def _torch_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_a_real_registry_entry_end_to_end(hub):
+    """ViT-B-32:laion2b_s34b_b79k as the registry has it (GELU, weights only on the Hub), full size, with
+    random weights served under its real repo id."""
+    entry = registry.get_pretrained("ViT-B-32", "laion2b_s34b_b79k")
+    assert (entry.source, entry.activation) == ("hf_hub", "gelu")
+    torch.manual_seed(11)
+    reference = randomize_(open_clip.create_model("ViT-B-32").eval(), seed=11)
+    state_dict = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    hub.commit(entry.hf_hub, {"open_clip_model.safetensors": safetensors_bytes(state_dict)})
+    model, _, preprocess = clipforge.create_model_and_transforms("ViT-B-32", pretrained="laion2b_s34b_b79k")
+    images, text = sample_inputs(model, batch=2, seed=12)
+    assert max(compare_open_clip(model, reference, images, text).values()) <= 1e-4
+    assert preprocess.config == entry.preprocess

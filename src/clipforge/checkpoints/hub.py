@@ -196,7 +196,7 @@ def pinned(repo: HubRepo, file: Path) -> HubRepo:
 
 def weight_candidates(filename: str) -> tuple[str, ...]:
     """The files to try for a registry entry's `hf_file`, safetensors first, as open_clip does."""
-    if not filename:
+    if filename in ("", OPEN_CLIP_WEIGHTS[1]):
         return OPEN_CLIP_WEIGHTS
     stem, dot, suffix = filename.rpartition(".")
     if dot and suffix in ("bin", "pth"):
