@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from clipforge.checkpoints import load_any, save
-from clipforge.checkpoints.parity import (
+from benchmarks.references import (
     clipforge_from_open_clip,
     compare_hf,
     compare_open_clip,
@@ -34,6 +33,7 @@ from clipforge.checkpoints.parity import (
     sample_inputs,
     trace_open_clip,
 )
+from clipforge.checkpoints import load_any, save
 from clipforge.models.config import OPENAI_PRESETS
 from clipforge.results import markdown_table, write_results
 

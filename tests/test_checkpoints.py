@@ -11,6 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.references import (
+    compare_hf,
+    compare_open_clip,
+    load_hf_reference,
+    max_abs_diff,
+    randomize_,
+    sample_inputs,
+    tiny_open_clip,
+    trace_open_clip,
+)
 from clipforge.checkpoints import (
     UnsafeCheckpointError,
     detect_format,
@@ -22,16 +32,6 @@ from clipforge.checkpoints import (
 )
 from clipforge.checkpoints.hf import save_hf
 from clipforge.checkpoints.openai import clipforge_to_openai, infer_config, openai_to_clipforge
-from clipforge.checkpoints.parity import (
-    compare_hf,
-    compare_open_clip,
-    load_hf_reference,
-    max_abs_diff,
-    randomize_,
-    sample_inputs,
-    tiny_open_clip,
-    trace_open_clip,
-)
 from clipforge.checkpoints.torchscript import read_torchscript_weights
 from clipforge.models import CLIP, PRESETS, get_config
 from clipforge.models.presets import CLIPFORGE_SPECS

@@ -10,10 +10,10 @@ import threading
 import pytest
 import torch
 
+from benchmarks.references import compare_open_clip, sample_inputs, tiny_open_clip, trace_open_clip
 from clipforge.checkpoints import load_pretrained, registry
 from clipforge.checkpoints.download import ChecksumError, cache_dir, download
 from clipforge.checkpoints.openai import infer_config
-from clipforge.checkpoints.parity import compare_open_clip, sample_inputs, tiny_open_clip, trace_open_clip
 from clipforge.checkpoints.torchscript import read_torchscript_weights
 from clipforge.models.config import OPENAI_PRESETS, PRESETS
 

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 import clipforge
+from benchmarks.references import compare_open_clip, randomize_, sample_inputs
 from clipforge.checkpoints import load_hub, registry, save
 from clipforge.checkpoints.download import ChecksumError
 from clipforge.checkpoints.hub import parse_hub_spec, weight_candidates
-from clipforge.checkpoints.parity import compare_open_clip, randomize_, sample_inputs
 from clipforge.models import PRESETS, CLIPConfig, PreprocessConfig, get_config
 
 open_clip = pytest.importorskip("open_clip")

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import clipforge
-from clipforge.checkpoints import load_any, load_pretrained, registry, save
-from clipforge.checkpoints.parity import (
+from benchmarks.references import (
     compare_hf,
     compare_open_clip,
     load_hf_reference,
     randomize_,
     sample_inputs,
 )
+from clipforge.checkpoints import load_any, load_pretrained, registry, save
 from clipforge.models import CLIP, PRESETS, get_config
 from clipforge.models.presets import CLIPFORGE_SPECS, OPEN_CLIP_SPECS, OPENAI_NAMES
 

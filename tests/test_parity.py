@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipforge.checkpoints.hf import save_hf
-from clipforge.checkpoints.parity import (
+from benchmarks.references import (
     clipforge_from_open_clip,
     compare_hf,
     compare_open_clip,
@@ -18,6 +17,7 @@ from clipforge.checkpoints.parity import (
     random_open_clip,
     sample_inputs,
 )
+from clipforge.checkpoints.hf import save_hf
 from clipforge.models import PRESETS
 from clipforge.models.presets import CLIPFORGE_SPECS
 

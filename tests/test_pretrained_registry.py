@@ -15,8 +15,8 @@ from PIL import Image
 
 import clipforge
 from benchmarks.pretrained_table import open_clip_rows, published_sha256
+from benchmarks.references import randomize_
 from clipforge.checkpoints import load_pretrained, registry, save
-from clipforge.checkpoints.parity import randomize_
 from clipforge.models import CLIP, PRESETS, PreprocessConfig, get_config
 
 open_clip = pytest.importorskip("open_clip")

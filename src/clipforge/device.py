@@ -8,9 +8,12 @@ from typing import Literal
 import torch
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# The one device default of every front door (clipforge.load, create_model, load_model, the commands).
+DEFAULT_DEVICE = "auto"
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(device: str | torch.device | None = DEFAULT_DEVICE) -> torch.device:
+    """'auto' (or None): CUDA when available, else CPU; anything else as torch.device reads it."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

@@ -1,4 +1,6 @@
-"""Front door: build, load and list models the way openai/CLIP and open_clip users expect."""
+"""Front door: build, load and list models. One loader (`load_model`), one device default ('auto': CUDA
+when available, else CPU) for every way in; `load`, `create_model` and `create_model_and_transforms` are
+the openai/CLIP and open_clip spellings of the same thing."""
 
 from __future__ import annotations
 
@@ -7,64 +9,100 @@ from pathlib import Path
 
 import torch
 
-from clipforge.device import resolve_device
+from clipforge.device import DEFAULT_DEVICE, resolve_device
 from clipforge.models import CLIP, CLIPConfig, get_config, with_image_size
 from clipforge.models import list_models as _list_presets
-from clipforge.transforms import image_transform
+from clipforge.transforms import Preprocess, image_transform
 
 
 def list_models() -> list[str]:
     return _list_presets()
 
 
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("~", ".", "/")) or Path(spec).suffix.lower() in (
+        ".pt", ".pth", ".bin", ".safetensors", ".ckpt",
+    )  # fmt: skip
+
+
+def load_model(
+    model: str | os.PathLike | CLIPConfig,
+    pretrained: str | os.PathLike | None = None,
+    device: str | torch.device = DEFAULT_DEVICE,
+    force_image_size: int | None = None,
+) -> tuple[CLIP, Preprocess]:
+    """(eval model on `device`, its exact eval preprocessing). The one way every caller gets a model.
+
+    model: a checkpoint file or HF folder of any supported format (the architecture is read from it; `~`
+    is expanded), a Hub repo 'hf-hub:org/name[@revision]' (architecture and weights from its files), a preset
+    name (see `clipforge models`), or a CLIPConfig. For a preset or config, `pretrained` is a registry tag
+    ('openai', 'laion2b_s34b_b79k', ...: `clipforge models --pretrained`; the tag's preprocessing comes with
+    it) or a weights file; None gives random weights. `force_image_size` runs a ViT at another resolution
+    (position embeddings resized as open_clip does; the preprocessing follows)."""
+    from clipforge.checkpoints.hub import is_hub_spec
+
+    if isinstance(model, CLIPConfig):
+        net = _build(model, pretrained, force_image_size)
+    else:
+        spec = os.fspath(model)
+        path = Path(spec).expanduser()
+        if is_hub_spec(spec) or path.exists():
+            if pretrained is not None:
+                raise ValueError(f"{spec} carries its own weights; --pretrained applies to preset names only")
+            from clipforge.checkpoints import load_any, load_hub
+
+            net = load_hub(spec) if is_hub_spec(spec) else load_any(path)
+        elif _looks_like_path(spec):
+            raise FileNotFoundError(f"{spec}: no such checkpoint file or folder")
+        else:
+            net = _build(
+                spec, pretrained, force_image_size
+            )  # KeyError naming the valid presets for a wrong name
+    if force_image_size is not None:
+        net = with_image_size(net, force_image_size)
+    net = net.to(resolve_device(device)).eval()
+    return net, Preprocess(net.config.preprocess)
+
+
+def _build(name: str | CLIPConfig, pretrained: str | os.PathLike | None, image_size: int | None) -> CLIP:
+    if pretrained is None:
+        config = name if isinstance(name, CLIPConfig) else get_config(name)
+        return CLIP(config if image_size is None else config.with_image_size(image_size))
+    from clipforge.checkpoints import load_pretrained
+
+    candidate = Path(os.fspath(pretrained)).expanduser()
+    return load_pretrained(name, candidate if candidate.exists() else pretrained)
+
+
 def create_model(
     name: str | CLIPConfig,
     pretrained: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = DEFAULT_DEVICE,
     force_image_size: int | None = None,
 ) -> CLIP:
-    """Build a preset (or a config) and load weights: a registry tag ('openai', 'laion2b_s34b_b79k', ...; see
-    `clipforge.checkpoints.list_pretrained`) or a checkpoint path. `name` may also be a Hub repo,
-    'hf-hub:org/name[@revision]', whose files give both architecture and weights. `force_image_size` runs a
-    ViT at another resolution (position embeddings resized as open_clip does; preprocessing follows)."""
-    from clipforge.checkpoints.hub import is_hub_spec
-
-    if is_hub_spec(name):
-        if pretrained is not None:
-            raise ValueError(
-                f"{name}: a Hub repo carries its own weights; pretrained={pretrained!r} is not used"
-            )
-        from clipforge.checkpoints import load_hub
-
-        model = load_hub(name)
-    elif pretrained is None:
-        config = name if isinstance(name, CLIPConfig) else get_config(name)
-        model = CLIP(config if force_image_size is None else config.with_image_size(force_image_size))
-    else:
-        from clipforge.checkpoints import load_pretrained
-
-        model = load_pretrained(name, pretrained)
-    if force_image_size is not None:
-        model = with_image_size(model, force_image_size)
-    return model.to(resolve_device(device)).eval()
+    """open_clip's `create_model`: a preset (or config) with weights from a registry tag ('openai',
+    'laion2b_s34b_b79k', ...) or a checkpoint path, or random weights when `pretrained` is None; or a Hub repo
+    'hf-hub:org/name[@revision]'. Eval mode, on `device`. See `load_model`."""
+    spec = name if isinstance(name, CLIPConfig) else str(name)
+    return load_model(spec, pretrained, device, force_image_size)[0]
 
 
 def create_model_and_transforms(
     name: str | CLIPConfig,
     pretrained: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = DEFAULT_DEVICE,
     force_image_size: int | None = None,
 ):
-    """open_clip's signature: returns (model, train_transform, eval_transform), the transforms built from the
-    weights' preprocessing (a registry tag's or a Hub repo's) at the model's image size."""
-    model = create_model(name, pretrained, device, force_image_size)
-    pre = model.config.preprocess
-    return model, image_transform(pre, train=True), image_transform(pre, train=False)
+    """open_clip's signature: returns (model, train_transform, eval_transform), both built from the weights'
+    preprocessing (a registry tag's or a Hub repo's) at the model's image size."""
+    spec = name if isinstance(name, CLIPConfig) else str(name)
+    model, preprocess = load_model(spec, pretrained, device, force_image_size)
+    return model, image_transform(model.config.preprocess, train=True), preprocess
 
 
 def load(
     name_or_path: str | os.PathLike,
-    device: str | torch.device = "auto",
+    device: str | torch.device = DEFAULT_DEVICE,
     jit: bool = False,
     model: str | None = None,
 ):
@@ -78,17 +116,17 @@ def load(
         raise ValueError(
             "jit=True is not supported: clipforge models are eager nn.Modules (use torch.compile)"
         )
-    from clipforge.checkpoints import load_any
     from clipforge.checkpoints.hub import is_hub_spec
+
+    path = Path(name_or_path).expanduser()
+    if model is not None and path.exists():
+        from clipforge.checkpoints import load_any
+
+        net = load_any(path, config=model).to(resolve_device(device)).eval()
+        return net, Preprocess(net.config.preprocess)
+    if path.exists() or _looks_like_path(os.fspath(name_or_path)) or is_hub_spec(os.fspath(name_or_path)):
+        return load_model(name_or_path, device=device)
     from clipforge.models.presets import OPENAI_NAMES
 
-    device = resolve_device(device)
-    if is_hub_spec(name_or_path):
-        net = create_model(str(name_or_path))
-    elif Path(name_or_path).exists():
-        net = load_any(name_or_path, config=model)
-    else:
-        name = OPENAI_NAMES.get(str(name_or_path), str(name_or_path))
-        net = create_model(name, pretrained="openai")
-    net = net.to(device).eval()
-    return net, image_transform(net.config.preprocess)
+    name = OPENAI_NAMES.get(str(name_or_path), str(name_or_path))
+    return load_model(name, "openai", device)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend, imported only when a figure is drawn."""
-    import matplotlib
+    from clipforge.extras import require
 
+    matplotlib = require("matplotlib", "writing PNG plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

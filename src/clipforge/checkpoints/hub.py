@@ -79,14 +79,9 @@ def hub_cache_dir() -> str | None:
 
 
 def _huggingface_hub():
-    try:
-        import huggingface_hub
-    except ImportError as error:
-        raise ImportError(
-            "Hub downloads (hf-hub: models and most pretrained tags) need huggingface_hub, which is not "
-            "installed: pip install 'clipforge[hub]'"
-        ) from error
-    return huggingface_hub
+    from clipforge.extras import require
+
+    return require("huggingface_hub", "Hub downloads (hf-hub: models and most pretrained tags)")
 
 
 def hub_file(

@@ -1,7 +1,8 @@
-"""Exact-parity checks of the converters against the reference implementations.
+"""Reference models and exact-parity checks of the converters against open_clip and transformers.
 
-Used by tests/test_parity.py and benchmarks/parity_report.py. Needs open_clip (and transformers for
-the HF side), imported lazily: the rest of clipforge never depends on them.
+Used by the tests (test_parity.py, test_checkpoints*.py, ...) and benchmarks (parity_report.py, weights.py).
+It lives outside the installed package because it needs open_clip (and transformers for the HF side),
+which the library itself never imports.
 """
 
 from __future__ import annotations
