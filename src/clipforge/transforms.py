@@ -1,5 +1,6 @@
 """Image preprocessing that matches OpenAI's CLIP / open_clip: bicubic shorter-side resize, centre crop, RGB,
-normalise (or open_clip's "squash": both sides resized, no crop); plus a train-time random resized crop and a JPEG loader that decodes at reduced scale.
+normalise (or open_clip's "squash": both sides resized, no crop); plus a train-time random resized crop and a
+JPEG loader that decodes at reduced scale.
 
 Like OpenAI and open_clip, images are resized in their own mode and converted to RGB after cropping, so for
 RGB, L, LA, RGBA, CMYK, YCbCr, F and 8-bit-range I images the output equals open_clip's eval transform.
