@@ -124,3 +124,14 @@ def test_models_command_lists_the_registry(capsys):
     assert len(rows) == len(ENTRIES) and json.loads(capsys.readouterr().out) == rows
     assert {"model": "RN50", "tag": "cc12m", "source": "url", "sha256": "f000538c"}.items() <= rows[2].items()
     assert sum(row["buildable"] for row in rows) == sum(entry.model in PRESETS for entry in ENTRIES) > 0
+
+
+def test_a_bad_row_names_itself():
+    row = json.loads(resources.files("clipforge.checkpoints").joinpath("pretrained.json").read_text())[
+        "entries"
+    ][0]
+    assert registry.entry_from_row(row) == registry.PRETRAINED[("RN50", "openai")]
+    with pytest.raises(ValueError, match=r"pretrained.json: RN50:openai: bad entry .*resize_mode='crop'"):
+        registry.entry_from_row({**row, "preprocess": {**row["preprocess"], "resize_mode": "crop"}})
+    with pytest.raises(ValueError, match="RN50:openai: bad entry"):
+        registry.entry_from_row({**row, "licence": "MIT"})

@@ -46,10 +46,11 @@ def entry_from_row(row: dict) -> PretrainedEntry:
     row = dict(row)
     pre = row.pop("preprocess", None)
     try:
-        preprocess = None if pre is None else PreprocessConfig(**{**pre, "mean": tuple(pre["mean"]),
-                                                                     "std": tuple(pre["std"])})  # fmt: skip
+        preprocess = None
+        if pre is not None:
+            preprocess = PreprocessConfig(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
         return PretrainedEntry(**row, preprocess=preprocess)
-    except (TypeError, KeyError) as err:
+    except (TypeError, KeyError, ValueError) as err:
         raise ValueError(f"{where}: bad entry ({err})") from None
 
 
