@@ -30,8 +30,20 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags
 
 
+def cuda_has_native_bf16(device: torch.device | int | None = None) -> bool:
+    """True on GPUs with bf16 tensor cores (compute capability >= 8: A100, H100, RTX 30xx+) and on ROCm.
+
+    `torch.cuda.is_bf16_supported()` also says True on V100/T4, where bf16 is emulated (and several times
+    slower than fp16); it also asks the *current* device, not the one training runs on."""
+    if torch.version.hip:
+        return True
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16", "fp16"]:
-    """'auto' picks bf16 only where the hardware runs it natively, never on a CPU that emulates it."""
+    """'auto' picks bf16 only where the hardware runs it natively: on GPUs of compute capability >= 8 (else
+    fp16, which the trainer pairs with a GradScaler), on CPUs with AMX tiles (else fp32)."""
     if precision != "auto":
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -39,7 +51,7 @@ def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp
             raise ValueError("precision fp16 needs a GPU; use fp32 (or bf16) on CPU")
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
