@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import shutil
 import socket
 import threading
 import urllib.parse
@@ -153,6 +154,7 @@ def hub(tmp_path, monkeypatch):
     yield srv
     srv.httpd.shutdown()
     srv.httpd.server_close()
+    shutil.rmtree(tmp_path / "hf-cache", ignore_errors=True)  # model files (up to ~600 MB in the slow test)
     assert outside == [], f"tried to reach {outside}"
 
 

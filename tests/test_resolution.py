@@ -54,6 +54,7 @@ def test_force_image_size_matches_open_clip(image_size, tmp_path, monkeypatch):
     )  # class token
     assert ours.config.vision.image_size == ours.config.preprocess.image_size == image_size
     assert preprocess(Image.new("RGB", (300, 400), (10, 200, 30))).shape == (3, image_size, image_size)
+    path.unlink()  # ~130 MB
     images, text = sample_inputs(ours, batch=2, seed=1)
     assert max(compare_open_clip(ours, theirs, images, text).values()) <= TOL
 
