@@ -83,7 +83,9 @@ def test_random_init_at_another_size_and_resnets_refused():
     assert with_image_size(same, 32) is same
     with pytest.raises(ValueError, match="resolution changes need a ViT image tower"):
         with_image_size(CLIP(get_config("tiny-resnet")), 96)
-    with pytest.raises(ValueError, match="must be a multiple of patch_size"):
-        with_image_size(same, 36)
-    with pytest.raises(ValueError, match="not a class token"):
+    assert with_image_size(same, 36).visual.positional_embedding.shape == (4 * 4 + 1, 64)  # 36 // 8 = 4
+    with pytest.raises(ValueError, match="not 1 prefix token"):
         resize_positional_embedding(torch.zeros(11, 4), 2)
+    no_class_token = torch.randn(16, 4)  # SigLIP: the grid alone
+    assert torch.equal(resize_positional_embedding(no_class_token, 4, prefix_tokens=0), no_class_token)
+    assert resize_positional_embedding(no_class_token, 6, prefix_tokens=0).shape == (36, 4)

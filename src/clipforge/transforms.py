@@ -1,6 +1,5 @@
 """Image preprocessing that matches OpenAI's CLIP / open_clip: bicubic shorter-side resize, centre crop, RGB,
-normalise (or open_clip's "squash": both sides resized, no crop); plus a train-time random resized crop and a
-JPEG loader that decodes at reduced scale.
+normalise; plus a train-time random resized crop and a JPEG loader that decodes at reduced scale.
 
 Like OpenAI and open_clip, images are resized in their own mode and converted to RGB after cropping, so for
 RGB, L, LA, RGBA, CMYK, YCbCr, F and 8-bit-range I images the output equals open_clip's eval transform.
@@ -65,12 +64,10 @@ class Preprocess(_Normalise):
 
     def resize_crop(self, image: Image.Image) -> Image.Image:
         size = self.config.image_size
-        image = to_resizable(image)
-        if self.config.resize_mode == "squash":  # both sides to `size`, no crop (open_clip's "squash")
-            if image.size == (size, size):
-                return image
-            return image.resize((size, size), _RESAMPLE[self.config.interpolation])
-        return center_crop(resize_shorter_side(image, size, self.config.interpolation), size)
+        if self.config.resize_mode == "squash":  # the whole image, aspect ratio not kept
+            return to_resizable(image).resize((size, size), _RESAMPLE[self.config.interpolation])
+        image = resize_shorter_side(to_resizable(image), size, self.config.interpolation)
+        return center_crop(image, size)
 
     def __call__(self, image: Image.Image) -> Tensor:
         return self.to_tensor(self.resize_crop(image))

@@ -96,6 +96,10 @@ def _classify(path: Path, tensors, is_clipforge: bool, wrapped: bool) -> str:
     if "text_projection" in keys and "token_embedding.weight" in keys:
         has_prefix = any(k.startswith(("module.", "_orig_mod.")) for k in tensors)
         return "open_clip" if wrapped or has_prefix else "openai"
+    if "text.token_embedding.weight" in keys and any(
+        k.startswith("text.transformer.resblocks.") for k in keys
+    ):
+        return "open_clip"  # CustomTextCLIP's layout (SigLIP, ...)
     if "text.token_embedding.weight" in keys:
         raise ValueError(f"{path}: a clipforge state_dict without its config; save with save_checkpoint")
     if any(k.startswith("text_model.") for k in keys):
@@ -149,9 +153,12 @@ def load_pretrained(
             f"(tags: {', '.join(tags) or 'none'})"
         )
     if ALIASES.get(name, name) not in PRESETS:
+        from clipforge.models.zoo_specs import OPEN_CLIP_UNSUPPORTED
+
+        reason = OPEN_CLIP_UNSUPPORTED.get(ALIASES.get(name, name), "no preset for it")
         raise KeyError(
             f"{name}:{entry.tag} is an open_clip pretrained pair, but clipforge cannot build the "
-            f"{name!r} architecture yet (no preset); models clipforge builds: clipforge.list_models()"
+            f"{name!r} architecture yet: {reason}"
         )
     config = _with_weights_preprocess(_with_weights_activation(get_config(name), entry, name), entry)
     return load_any(fetch_pretrained(entry, offline), config)
