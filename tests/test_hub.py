@@ -22,6 +22,7 @@ from benchmarks.references import compare_open_clip, randomize_, sample_inputs
 from clipforge.checkpoints import load_hub, registry, save
 from clipforge.checkpoints.download import ChecksumError
 from clipforge.checkpoints.hub import parse_hub_spec, weight_candidates
+from clipforge.checkpoints.open_clip_config import config_from_open_clip
 from clipforge.models import PRESETS, CLIPConfig, PreprocessConfig, get_config
 
 open_clip = pytest.importorskip("open_clip")
@@ -284,10 +285,10 @@ def test_pytorch_bin_weights_and_an_unsupported_config(hub):
     )
     _assert_parity(load_hub("hf-hub:org/bin"), reference)
     config = {
-        "model_cfg": {**TINY_OPEN_CLIP, "vision_cfg": {**TINY_OPEN_CLIP["vision_cfg"], "no_ln_pre": True}}
+        "model_cfg": {**TINY_OPEN_CLIP, "vision_cfg": {**TINY_OPEN_CLIP["vision_cfg"], "ls_init_value": 0.1}}
     }
     hub.commit("org/exotic", {**files, "open_clip_config.json": json.dumps(config).encode()})
-    with pytest.raises(ValueError, match="open_clip_config.json: open_clip option vision_cfg.no_ln_pre=True"):
+    with pytest.raises(ValueError, match="open_clip_config.json: vision_cfg.ls_init_value=0.1: layer scale"):
         load_hub("hf-hub:org/exotic")
     assert hub.gets("open_clip_model.safetensors") == 0  # refused before the weights were fetched
 
@@ -311,7 +312,7 @@ def test_registry_tag_on_the_hub_downloads_and_brings_its_preprocessing(hub, mon
     reference = _tiny_open_clip(seed=10)
     hub.commit("org/tagged", _open_clip_repo(reference))
     name = "tiny-hub"
-    config = clipforge.checkpoints.open_clip.config_from_open_clip(TINY_OPEN_CLIP)
+    config = config_from_open_clip(TINY_OPEN_CLIP)
     monkeypatch.setitem(PRESETS, name, config)
     squash = PreprocessConfig(224, (0.5,) * 3, (0.5,) * 3, "bilinear", "squash")  # size: the model's wins
     entry = registry.PretrainedEntry(name, "webli", "", "", "gelu", hf_hub="org/tagged", preprocess=squash)

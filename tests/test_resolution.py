@@ -13,7 +13,7 @@ from PIL import Image
 import clipforge
 from benchmarks.references import compare_open_clip, randomize_, sample_inputs
 from clipforge.checkpoints import load_any
-from clipforge.checkpoints.open_clip import config_from_open_clip
+from clipforge.checkpoints.open_clip_config import config_from_open_clip
 from clipforge.models import CLIP, PRESETS, get_config, with_image_size
 from clipforge.models.vit import resize_positional_embedding
 

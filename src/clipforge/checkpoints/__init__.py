@@ -194,7 +194,7 @@ def load_hub(spec: str, offline: bool | None = None) -> CLIP:
         fetch_hub_config,
         hub_file,
     )
-    from clipforge.checkpoints.open_clip import config_from_open_clip
+    from clipforge.checkpoints.open_clip_config import config_from_open_clip
 
     repo, config_file = fetch_hub_config(spec, offline)
     if config_file.name != OPEN_CLIP_CONFIG:
