@@ -82,6 +82,20 @@ def test_corrupt_file_is_rejected_and_not_cached(server, tmp_path):
     assert len(server.requests) == 1  # wrong bytes are not retried
 
 
+def test_published_sha256_prefix_is_checked(server, tmp_path):
+    """open_clip's release files publish the first 8 hex digits of their SHA256 in their names."""
+    server.files["/rn50-quickgelu-cc12m-f000538c.pt"] = PAYLOAD
+    good = download(
+        server.url("/rn50-quickgelu-cc12m-f000538c.pt"), _sha(PAYLOAD)[:8], cache=tmp_path, progress=False
+    )
+    assert good.read_bytes() == PAYLOAD
+    server.files["/other.pt"] = PAYLOAD
+    with pytest.raises(ChecksumError, match="does not match"):
+        download(server.url("/other.pt"), "0" * 8, cache=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="not 8 to 64 hex digits"):
+        download(server.url("/other.pt"), "abc", cache=tmp_path, progress=False)
+
+
 def test_interrupted_download_leaves_no_file(server, tmp_path):
     server.files["/cut.pt"] = PAYLOAD
     server.truncate.add("/cut.pt")
@@ -120,7 +134,7 @@ def test_registry_has_every_openai_preset_with_sha_in_url():
         assert len(entry.sha256) == 64 and f"/{entry.sha256}/" in entry.url
         assert entry.url.startswith("https://openaipublic.azureedge.net/clip/models/")
     assert registry.get_pretrained("ViT-L/14@336px").filename == "ViT-L-14-336px.pt"
-    assert registry.get_pretrained("RN50-quickgelu").model == "RN50"
+    assert registry.get_pretrained("RN50-quickgelu").model == "RN50-quickgelu"  # open_clip lists both names
     with pytest.raises(KeyError, match="available"):
         registry.get_pretrained("RN50", "laion2b")
 

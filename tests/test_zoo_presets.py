@@ -10,6 +10,7 @@ benchmarks/zoo_coverage.py.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 
 import pytest
@@ -25,7 +26,7 @@ from benchmarks.zoo_reference import (
 from clipforge.checkpoints import load_any, save
 from clipforge.encode import encode_tokens
 from clipforge.models import CLIP, get_config
-from clipforge.models.zoo_specs import OPEN_CLIP_SPECS, OPEN_CLIP_UNSUPPORTED
+from clipforge.models.zoo_specs import OPEN_CLIP_SPECS, OPEN_CLIP_UNSUPPORTED, TIMM_TOWER_FIELDS
 
 open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("timm")
@@ -36,10 +37,32 @@ TOL = 1e-4
 def test_committed_table_equals_open_clips_configs():
     from benchmarks.zoo_specs import generate
 
-    specs, unsupported = generate()
+    specs, unsupported, timm_towers = generate()
     assert specs == OPEN_CLIP_SPECS, "run `python -m benchmarks.zoo_specs` and commit models/zoo_specs.py"
     assert unsupported == OPEN_CLIP_UNSUPPORTED
+    assert timm_towers == TIMM_TOWER_FIELDS
     assert set(specs) | set(unsupported) == set(open_clip.list_models())
+
+
+def test_load_time_conversion_builds_every_preset_without_timm(monkeypatch):
+    """A Hub repo's open_clip_config.json goes through the same mapping as the generated presets: every open_clip
+    config gives its preset (preprocessing aside: a repo's comes from its preprocess_cfg), with timm's towers
+    read from TIMM_TOWER_FIELDS, not timm; the others are refused with the generated reason."""
+    import sys
+
+    from benchmarks.zoo_specs import open_clip_configs
+    from clipforge.checkpoints.open_clip_config import Unsupported, config_from_open_clip
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # importing timm now fails
+    for name, cfg in open_clip_configs().items():
+        if name in OPEN_CLIP_UNSUPPORTED:
+            if "timm tower" not in OPEN_CLIP_UNSUPPORTED[name]:
+                with pytest.raises(Unsupported, match=re.escape(OPEN_CLIP_UNSUPPORTED[name])):
+                    config_from_open_clip({"model_cfg": cfg}, name)
+            continue
+        preset = get_config(name)
+        converted = config_from_open_clip({"model_cfg": cfg}, name)
+        assert dataclasses.replace(converted, preprocess=preset.preprocess) == preset, name
 
 
 def test_every_pretrained_architecture_is_a_preset_or_refused_with_its_reason():

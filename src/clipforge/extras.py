@@ -17,6 +17,7 @@ OPTIONAL = {
     "ahocorasick": ("pyahocorasick", "curate"),
     "torchvision": ("torchvision", "fast"),
     "tensorboard": ("tensorboard", "train"),
+    "huggingface_hub": ("huggingface_hub", "hub"),
 }
 
 

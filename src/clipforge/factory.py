@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from clipforge.device import DEFAULT_DEVICE, resolve_device
-from clipforge.models import CLIP, CLIPConfig, get_config
+from clipforge.models import CLIP, CLIPConfig, get_config, with_image_size
 from clipforge.models import list_models as _list_presets
 from clipforge.transforms import Preprocess, image_transform
 
@@ -29,35 +29,45 @@ def load_model(
     model: str | os.PathLike | CLIPConfig,
     pretrained: str | os.PathLike | None = None,
     device: str | torch.device = DEFAULT_DEVICE,
+    force_image_size: int | None = None,
 ) -> tuple[CLIP, Preprocess]:
     """(eval model on `device`, its exact eval preprocessing). The one way every caller gets a model.
 
     model: a checkpoint file or HF folder of any supported format (the architecture is read from it; `~`
-    is expanded), a preset name (see `clipforge models`), or a CLIPConfig. For a preset or config,
-    `pretrained` is a registry tag ('openai') or a weights file; None gives random weights."""
+    is expanded), a Hub repo 'hf-hub:org/name[@revision]' (architecture and weights from its files), a preset
+    name (see `clipforge models`), or a CLIPConfig. For a preset or config, `pretrained` is a registry tag
+    ('openai', 'laion2b_s34b_b79k', ...: `clipforge models --pretrained`; the tag's preprocessing comes with
+    it) or a weights file; None gives random weights. `force_image_size` runs a ViT at another resolution
+    (position embeddings resized as open_clip does; the preprocessing follows)."""
+    from clipforge.checkpoints.hub import is_hub_spec
+
     if isinstance(model, CLIPConfig):
-        net = _build(model, pretrained)
+        net = _build(model, pretrained, force_image_size)
     else:
         spec = os.fspath(model)
         path = Path(spec).expanduser()
-        if path.exists():
+        if is_hub_spec(spec) or path.exists():
             if pretrained is not None:
-                raise ValueError(f"{spec} is a checkpoint; --pretrained applies to preset names only")
-            from clipforge.checkpoints import load_any
+                raise ValueError(f"{spec} carries its own weights; --pretrained applies to preset names only")
+            from clipforge.checkpoints import load_any, load_hub
 
-            net = load_any(path)
+            net = load_hub(spec) if is_hub_spec(spec) else load_any(path)
         elif _looks_like_path(spec):
             raise FileNotFoundError(f"{spec}: no such checkpoint file or folder")
         else:
-            net = _build(spec, pretrained)  # KeyError naming the valid presets for a wrong name
+            net = _build(
+                spec, pretrained, force_image_size
+            )  # KeyError naming the valid presets for a wrong name
+    if force_image_size is not None:
+        net = with_image_size(net, force_image_size)
     net = net.to(resolve_device(device)).eval()
     return net, Preprocess(net.config.preprocess)
 
 
-def _build(name: str | CLIPConfig, pretrained: str | os.PathLike | None) -> CLIP:
-    config = name if isinstance(name, CLIPConfig) else get_config(name)
+def _build(name: str | CLIPConfig, pretrained: str | os.PathLike | None, image_size: int | None) -> CLIP:
     if pretrained is None:
-        return CLIP(config)
+        config = name if isinstance(name, CLIPConfig) else get_config(name)
+        return CLIP(config if image_size is None else config.with_image_size(image_size))
     from clipforge.checkpoints import load_pretrained
 
     candidate = Path(os.fspath(pretrained)).expanduser()
@@ -68,19 +78,25 @@ def create_model(
     name: str | CLIPConfig,
     pretrained: str | os.PathLike | None = None,
     device: str | torch.device = DEFAULT_DEVICE,
+    force_image_size: int | None = None,
 ) -> CLIP:
-    """open_clip's `create_model`: a preset (or config) with weights from a registry tag ('openai') or a
-    checkpoint path, or random weights when `pretrained` is None. Eval mode, on `device`."""
-    return load_model(name if isinstance(name, CLIPConfig) else str(name), pretrained, device)[0]
+    """open_clip's `create_model`: a preset (or config) with weights from a registry tag ('openai',
+    'laion2b_s34b_b79k', ...) or a checkpoint path, or random weights when `pretrained` is None; or a Hub repo
+    'hf-hub:org/name[@revision]'. Eval mode, on `device`. See `load_model`."""
+    spec = name if isinstance(name, CLIPConfig) else str(name)
+    return load_model(spec, pretrained, device, force_image_size)[0]
 
 
 def create_model_and_transforms(
     name: str | CLIPConfig,
     pretrained: str | os.PathLike | None = None,
     device: str | torch.device = DEFAULT_DEVICE,
+    force_image_size: int | None = None,
 ):
-    """open_clip's signature: returns (model, train_transform, eval_transform)."""
-    model, preprocess = load_model(name if isinstance(name, CLIPConfig) else str(name), pretrained, device)
+    """open_clip's signature: returns (model, train_transform, eval_transform), both built from the weights'
+    preprocessing (a registry tag's or a Hub repo's) at the model's image size."""
+    spec = name if isinstance(name, CLIPConfig) else str(name)
+    model, preprocess = load_model(spec, pretrained, device, force_image_size)
     return model, image_transform(model.config.preprocess, train=True), preprocess
 
 
@@ -91,7 +107,8 @@ def load(
     model: str | None = None,
 ):
     """openai/CLIP's `load`: one of OpenAI's model names ('ViT-B/32', 'RN50', ...: OpenAI's weights,
-    QuickGELU, downloaded if needed) or a checkpoint file of any supported format. Returns (model, preprocess).
+    QuickGELU, downloaded if needed), a Hub repo ('hf-hub:org/name[@revision]') or a checkpoint file of any
+    supported format. Returns (model, preprocess).
 
     `model`: the architecture name a file was built with, for files that do not record it (OpenAI-layout
     state_dicts and open_clip checkpoints): 'ViT-B-32' (GELU) vs 'ViT-B-32-quickgelu', as in open_clip."""
@@ -99,13 +116,15 @@ def load(
         raise ValueError(
             "jit=True is not supported: clipforge models are eager nn.Modules (use torch.compile)"
         )
+    from clipforge.checkpoints.hub import is_hub_spec
+
     path = Path(name_or_path).expanduser()
     if model is not None and path.exists():
         from clipforge.checkpoints import load_any
 
         net = load_any(path, config=model).to(resolve_device(device)).eval()
         return net, Preprocess(net.config.preprocess)
-    if path.exists() or _looks_like_path(os.fspath(name_or_path)):
+    if path.exists() or _looks_like_path(os.fspath(name_or_path)) or is_hub_spec(os.fspath(name_or_path)):
         return load_model(name_or_path, device=device)
     from clipforge.models.presets import OPENAI_NAMES
 

@@ -1,12 +1,13 @@
 """Checkpoints: safe loading, clipforge's own format, OpenAI / open_clip / HF converters, downloads.
 
 Front door: `load_any(path)` (auto-detects the format), `load_pretrained(name, tag_or_path)`,
-`save(model, path, fmt)`, and for training code `save_checkpoint` / `load_checkpoint` /
-`load_model_file`.
+`load_hub("hf-hub:org/name[@revision]")`, `save(model, path, fmt)`, and for training code
+`save_checkpoint` / `load_checkpoint` / `load_model_file`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import replace
@@ -27,8 +28,16 @@ from clipforge.checkpoints.io import (
     save_checkpoint,
     torch_load_safe,
 )
-from clipforge.checkpoints.registry import canonical_name, get_pretrained, list_pretrained
-from clipforge.models import CLIP, CLIPConfig, get_config
+from clipforge.checkpoints.registry import (
+    PretrainedEntry,
+    canonical_name,
+    find_pretrained,
+    get_pretrained,
+    list_pretrained,
+    tags_for,
+)
+from clipforge.models import CLIP, PRESETS, CLIPConfig, get_config
+from clipforge.models.config import ALIASES
 
 FORMATS = ("clipforge", "openai", "open_clip", "hf")
 
@@ -43,6 +52,7 @@ __all__ = [
     "list_pretrained",
     "load_any",
     "load_checkpoint",
+    "load_hub",
     "load_model_file",
     "load_pretrained",
     "offline_mode",
@@ -128,24 +138,70 @@ def load_any(
 def load_pretrained(
     name_or_config: str | CLIPConfig, tag_or_path: str | os.PathLike, offline: bool | None = None
 ) -> CLIP:
-    """Weights for a model: a registry tag ('openai' downloads OpenAI's file into the cache) or a
-    checkpoint path (any format; the name/config is used where the file does not record one)."""
-    config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    """Weights for a model: a registry tag (see `list_pretrained`: every open_clip pair; downloaded into the
+    cache, SHA256-checked) or a checkpoint path (any format; the name/config is used where the file does not
+    record one). A tag's activation and preprocessing win over the preset's, as in open_clip."""
     if Path(tag_or_path).exists():
+        config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
         return load_any(tag_or_path, config)
-    tags = [
-        tag
-        for model, tag in list_pretrained()
-        if isinstance(name_or_config, str) and model == canonical_name(name_or_config)
-    ]
-    if str(tag_or_path) in tags:
-        entry = get_pretrained(name_or_config, str(tag_or_path))
-        config = _with_weights_activation(config, entry, str(name_or_config))
-        return load_any(download(entry.url, entry.sha256, offline=offline), config)
-    raise FileNotFoundError(
-        f"{tag_or_path}: neither a checkpoint path nor a pretrained tag for {name_or_config!r} "
-        f"(tags: {', '.join(tags) or 'none'})"
+    name = name_or_config if isinstance(name_or_config, str) else None
+    entry = find_pretrained(name, str(tag_or_path)) if name else None
+    if entry is None:
+        tags = tags_for(name) if name else []
+        raise FileNotFoundError(
+            f"{tag_or_path}: neither a checkpoint path nor a pretrained tag for {name or 'a config'} "
+            f"(tags: {', '.join(tags) or 'none'})"
+        )
+    if ALIASES.get(name, name) not in PRESETS:
+        from clipforge.models.zoo_specs import OPEN_CLIP_UNSUPPORTED
+
+        reason = OPEN_CLIP_UNSUPPORTED.get(ALIASES.get(name, name), "no preset for it")
+        raise KeyError(
+            f"{name}:{entry.tag} is an open_clip pretrained pair, but clipforge cannot build the "
+            f"{name!r} architecture yet: {reason}"
+        )
+    config = _with_weights_preprocess(_with_weights_activation(get_config(name), entry, name), entry)
+    return load_any(fetch_pretrained(entry, offline), config)
+
+
+def fetch_pretrained(entry: PretrainedEntry, offline: bool | None = None) -> Path:
+    """The local file of a registry entry's weights: its URL when a SHA256 is published for it (clipforge's
+    cache), else its Hub repo (huggingface_hub's cache, SHA256 of the LFS file checked)."""
+    if entry.source == "url":
+        return download(entry.url, entry.sha256, offline=offline)
+    if entry.source == "hf_hub":
+        from clipforge.checkpoints.hub import HubRepo, hub_file, weight_candidates
+
+        return hub_file(HubRepo(entry.hf_hub), weight_candidates(entry.hf_file), offline)
+    raise FileNotFoundError(f"{entry.model}:{entry.tag}: the registry gives no URL or Hub repo for it")
+
+
+def _with_weights_preprocess(config: CLIPConfig, entry: PretrainedEntry) -> CLIPConfig:
+    """The weights' preprocessing (mean, std, interpolation, resize mode) at the model's image size."""
+    if entry.preprocess is None:
+        return config
+    return replace(config, preprocess=replace(entry.preprocess, image_size=config.vision.image_size))
+
+
+def load_hub(spec: str, offline: bool | None = None) -> CLIP:
+    """A model from a Hub repo, 'hf-hub:org/name' or 'hf-hub:org/name@revision' (see checkpoints/hub.py):
+    open_clip's layout (its open_clip_config.json gives the architecture, checked before the weights are
+    fetched) or a transformers folder."""
+    from clipforge.checkpoints.hub import (
+        OPEN_CLIP_CONFIG,
+        OPEN_CLIP_WEIGHTS,
+        fetch_hf_folder,
+        fetch_hub_config,
+        hub_file,
     )
+    from clipforge.checkpoints.open_clip_config import config_from_open_clip
+
+    repo, config_file = fetch_hub_config(spec, offline)
+    if config_file.name != OPEN_CLIP_CONFIG:
+        fetch_hf_folder(repo, offline)
+        return load_any(config_file.parent)
+    config = config_from_open_clip(json.loads(config_file.read_text()), f"{spec}/{OPEN_CLIP_CONFIG}")
+    return load_any(hub_file(repo, OPEN_CLIP_WEIGHTS, offline), config)
 
 
 def _with_weights_activation(config: CLIPConfig, entry, name: str) -> CLIPConfig:

@@ -2,7 +2,8 @@
 
 A file appears in the cache only after its SHA256 matched: bytes go to a temp file beside the
 target, are hashed while written, and are renamed into place atomically. A cached file is
-re-hashed on every use (as openai/CLIP does), so a corrupted cache entry is detected.
+re-hashed on every use (as openai/CLIP does), so a corrupted cache entry is detected. The expected
+digest may be a prefix of at least 8 hex digits, as open_clip's release file names publish it.
 
 Environment: CLIPFORGE_CACHE (default ~/.cache/clipforge), CLIPFORGE_OFFLINE=1 (cache only).
 """
@@ -35,6 +36,18 @@ def offline_mode() -> bool:
     return os.environ.get("CLIPFORGE_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+MIN_PREFIX_DIGITS = 8
+
+
+def check_sha256(expected: str, where: str) -> str:
+    """`expected` lower-cased (a full SHA256 or a prefix of one: digests are compared with startswith), or a
+    ValueError naming `where` if it is not 8-64 hex digits."""
+    expected = expected.lower()
+    if not (MIN_PREFIX_DIGITS <= len(expected) <= 64 and all(c in "0123456789abcdef" for c in expected)):
+        raise ValueError(f"{where}: expected SHA256 {expected!r} is not 8 to 64 hex digits")
+    return expected
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -58,9 +71,9 @@ def download(
     `offline` (default: CLIPFORGE_OFFLINE) never touches the network. Network errors are retried
     `retries` times with backoff; a checksum mismatch is not (the server sent the wrong bytes)."""
     target = Path(cache or cache_dir()) / (filename or url.rsplit("/", 1)[-1])
-    sha256 = sha256.lower()
+    sha256 = check_sha256(sha256, url)
     if target.is_file():
-        if sha256_file(target) == sha256:
+        if sha256_file(target).startswith(sha256):
             return target
         if offline if offline is not None else offline_mode():
             raise ChecksumError(f"{target}: cached file has the wrong SHA256 (expected {sha256}); delete it")
@@ -103,7 +116,7 @@ def _fetch(url: str, sha256: str, target: Path, timeout_s: float, progress: bool
                 raise ConnectionError(f"{url}: connection closed after {received} of {total} bytes")
             out.flush()
             os.fsync(out.fileno())
-        if digest.hexdigest() != sha256:
+        if not digest.hexdigest().startswith(sha256):
             raise ChecksumError(
                 f"{url}: SHA256 {digest.hexdigest()} does not match the expected {sha256}; not cached"
             )

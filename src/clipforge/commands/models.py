@@ -1,4 +1,4 @@
-"""`clipforge models`: the preset table."""
+"""`clipforge models`: the preset table, or with --pretrained the registry of pretrained weights."""
 
 from __future__ import annotations
 
@@ -31,15 +31,35 @@ def preset_rows() -> list[dict]:
     return rows
 
 
+def pretrained_rows() -> list[dict]:
+    """One row per registry entry (every open_clip pair): where its weights come from and whether a preset
+    builds its architecture."""
+    from clipforge.checkpoints.registry import PRETRAINED
+
+    return [
+        {
+            "model": entry.model,
+            "tag": entry.tag,
+            "source": entry.source,
+            "sha256": entry.sha256[:8] or "-",
+            "activation": entry.activation,
+            "resize": entry.preprocess.resize_mode if entry.preprocess else "-",
+            "buildable": entry.model in PRESETS,
+        }
+        for entry in PRETRAINED.values()
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="clipforge models", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--pretrained", action="store_true", help="list the pretrained (model, tag) registry")
     args = parser.parse_args(argv)
-    rows = preset_rows()
+    rows = pretrained_rows() if args.pretrained else preset_rows()
     if args.json:
         import json
 
         print(json.dumps(rows, indent=2))
     else:
         print(markdown_table(rows, floatfmt=".2f"))
-    return {"models": rows}
+    return {"pretrained" if args.pretrained else "models": rows}

@@ -1,6 +1,6 @@
 """Model code: configs and presets, the towers, and the CLIP class."""
 
-from clipforge.models.clip import CLIP, CLIPOutput
+from clipforge.models.clip import CLIP, CLIPOutput, with_image_size
 from clipforge.models.config import (
     PRESETS,
     CLIPConfig,
@@ -21,4 +21,5 @@ __all__ = [
     "PRESETS",
     "get_config",
     "list_models",
+    "with_image_size",
 ]

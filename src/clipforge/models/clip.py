@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from clipforge.models.config import CLIPConfig
 from clipforge.models.resnet import ModifiedResNet
 from clipforge.models.text import TextTransformer
-from clipforge.models.vit import VisionTransformer
+from clipforge.models.vit import VisionTransformer, resize_positional_embedding
 
 
 @dataclass
@@ -96,3 +96,27 @@ class CLIP(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def with_image_size(model: CLIP, image_size: int) -> CLIP:
+    """`model` at another input resolution, as open_clip's `force_image_size`: a ViT's grid of position
+    embeddings is resized (`resize_positional_embedding`; the class token's, if any, kept) and the config's image
+    size -- so its preprocessing -- follows; a size that is not a multiple of the patch size crops the remainder,
+    as the strided patch convolution does. A ResNet's attention-pool grid is not resized (nor by open_clip)."""
+    if image_size == model.config.vision.image_size:
+        return model
+    if model.config.vision.kind != "vit":
+        raise ValueError(
+            f"image size {image_size}: resolution changes need a ViT image tower; this model's is a "
+            f"{model.config.vision.kind} built for {model.config.vision.image_size}"
+        )
+    config = model.config.with_image_size(image_size)
+    state_dict = dict(model.state_dict())
+    grid = image_size // config.vision.patch_size
+    state_dict["visual.positional_embedding"] = resize_positional_embedding(
+        state_dict["visual.positional_embedding"], grid, prefix_tokens=int(config.vision.class_token)
+    )
+    with torch.device("meta"):
+        resized = CLIP(config)
+    resized.load_state_dict(state_dict, assign=True)
+    return resized.train(model.training)

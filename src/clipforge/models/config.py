@@ -29,7 +29,19 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-    resize_mode: Literal["shortest", "squash"] = "shortest"  # squash: resize to S x S, no crop (SigLIP)
+    # "shortest": shorter side to image_size, then centre crop (OpenAI); "squash": both sides to image_size,
+    # aspect ratio not kept, no crop (SigLIP, CLIPA, PE and some DFN/MetaCLIP weights), as open_clip.
+    resize_mode: Literal["shortest", "squash"] = "shortest"
+
+    def __post_init__(self):
+        for name, valid in (
+            ("interpolation", ("bicubic", "bilinear")),
+            ("resize_mode", ("shortest", "squash")),
+        ):
+            if getattr(self, name) not in valid:
+                raise ValueError(
+                    f"PreprocessConfig.{name}={getattr(self, name)!r}; valid: {', '.join(valid)}"
+                )
 
 
 @dataclass(frozen=True)

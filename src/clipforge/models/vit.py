@@ -6,6 +6,8 @@ multihead attention pooling head (MAP: SigLIP), chosen by `VisionConfig.pool`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -107,3 +109,25 @@ class VisionTransformer(nn.Module):
     def forward(self, images: Tensor) -> Tensor:  # images: (B, 3, H, W)
         features = self.features(images)  # (B, W)
         return features if self.proj is None else features @ self.proj  # (B, E)
+
+
+def resize_positional_embedding(positional_embedding: Tensor, grid: int, prefix_tokens: int = 1) -> Tensor:
+    """(P + G*G, W) -> (P + grid*grid, W) for P prefix tokens (the class token, or none): their embeddings are
+    kept, the G x G grid is resized bicubically with antialiasing (align_corners=False), in float32, as
+    open_clip's `resize_pos_embed` and timm's `resample_abs_pos_embed` (SigLIP towers) do."""
+    old_grid = math.isqrt(positional_embedding.shape[0] - prefix_tokens)
+    if old_grid * old_grid + prefix_tokens != positional_embedding.shape[0]:
+        raise ValueError(
+            f"positional_embedding of {positional_embedding.shape[0]} rows is not {prefix_tokens} prefix "
+            "token(s) + a square grid"
+        )
+    if old_grid == grid:
+        return positional_embedding
+    prefix, patches = (
+        positional_embedding[:prefix_tokens],
+        positional_embedding[prefix_tokens:],
+    )  # (P, W), (G*G, W)
+    patches = patches.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)  # (1, W, G, G)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)  # (grid*grid, W)
+    return torch.cat([prefix, patches.to(positional_embedding.dtype)])
