@@ -36,7 +36,7 @@ from clipforge.curate.matcher import QueryMatcher, normalize_text
 from clipforge.curate.queries import load_queries
 from clipforge.curate.sources import Pair, assign_files, iter_pairs, list_input_files, rank_from_env
 from clipforge.curate.writer import ShardWriter
-from clipforge.fileio import atomic_write_text
+from clipforge.fileio import atomic_write_text, named_write_errors
 from clipforge.results import markdown_table, write_results
 
 STAGES = ("all", "count", "select")
@@ -128,7 +128,7 @@ def _select_file(job: tuple[int, Path]) -> tuple[str, dict[str, int], int]:
     spool = Path(_WORKER["spool_dir"]) / f"{index:06d}.pkl"
     drops: Counter = Counter()
     pairs = 0
-    with open(spool, "wb") as f:
+    with named_write_errors(spool, partial=spool), open(spool, "wb") as f:  # a full disk names the spool
         for pair in iter_pairs(path, config.image_field, config.caption_field):
             pairs += 1
             reason, candidate = _select_pair(pair)
