@@ -90,6 +90,8 @@ def _count_file(path: Path) -> tuple[np.ndarray, int]:
 def _select_pair(pair: Pair) -> tuple[str | None, dict | None]:
     """The per-pair work of pass 2 up to de-duplication: (drop reason, None) or (None, candidate)."""
     config, matcher = _WORKER["config"], _WORKER["matcher"]
+    if pair.problem:
+        return pair.problem, None
     normalised = normalize_text(pair.caption) if pair.caption else ""
     reason = caption_problem(pair.caption, config.clean, normalised)
     if reason:
