@@ -310,8 +310,7 @@ def test_a_connection_whose_headers_never_finish_is_answered_408_and_closed():
     import socket
     import threading
 
-    import uvicorn
-
+    uvicorn = pytest.importorskip("uvicorn")
     from clipforge.apps.serve.connections import header_timeout_protocol
 
     async def app(scope, receive, send):
