@@ -217,3 +217,5 @@ def test_curate_reads_tables_by_the_same_policy(ws, tmp_path, name, text, droppe
     assert rc == 0, err[-2000:]
     stats = json.loads((work / "out" / "stats.json").read_text())
     assert stats["dropped"] == dropped and stats["kept"] == kept, stats
+    lines = {"quote.csv": [2], "bom.csv": [], "lines.jsonl": [2, 3]}[name]
+    assert stats["malformed_rows"] == [f"{name}:line{n} ({next(iter(dropped))})" for n in lines]  # file:line
