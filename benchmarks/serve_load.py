@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -52,6 +53,25 @@ def proc_memory_kb(pid: int) -> dict[str, int]:
     return fields
 
 
+@contextlib.contextmanager
+def rss_sampled(pid: int, every_s: float = 0.25):
+    """A list that fills with the process's RSS (kB), sampled in a thread while the block runs."""
+    samples, stop = [], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                samples.append(proc_memory_kb(pid)["VmRSS"])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        sampler.join()
+
+
 def prepare(model_name: str, data: Path, work: Path, threads: int) -> tuple[Path, Path]:
     """A checkpoint (seeded random weights unless given) and an index over CIFAR-10 test images."""
     import torch
@@ -82,6 +102,39 @@ def prepare(model_name: str, data: Path, work: Path, threads: int) -> tuple[Path
     )
     build_index_dir(work / "emb", work / "index", progress=True)
     return checkpoint, work / "index"
+
+
+@contextlib.contextmanager
+def serving(checkpoint: Path, index: Path, threads: int, *extra: str):
+    """`clipforge serve` as its own process on a free loopback port: (process, port) once /health answers;
+    terminated (killed if it has not stopped) when the block ends."""
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "clipforge.cli", "serve", "--checkpoint", str(checkpoint), "--index",
+               str(index), "--host", HOST, "--port", str(port), "--threads", str(threads), "--log-level",
+               "warning", *extra]  # fmt: skip
+    server = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://{HOST}:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("server did not come up within 120 s")
+            time.sleep(0.2)
+        yield server, port
+    finally:
+        if server.poll() is None:
+            server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def request_plan(n: int, images: list[bytes], labels: str, seed: int = 0) -> list[tuple[str, bool]]:
@@ -240,14 +293,20 @@ def summarise(records, wall: float, health: dict, memory: dict, args) -> tuple[d
     return results, md
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def server_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every serve benchmark shares: the model, the server's threads, the data and results."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-vit", help="preset (seeded random weights) or a checkpoint file")
-    p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--server-threads", type=int, default=1, help="torch threads in the server")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10"))
     p.add_argument("--out", default=str(RESULTS))
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = server_parser(__doc__)
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=16)
     args = p.parse_args(argv)
     if not 1 <= args.requests <= 10_000 or not 1 <= args.concurrency <= 64:
         raise ValueError("keep it bounded: --requests in [1, 10000], --concurrency in [1, 64]")
@@ -259,39 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = [p.read_bytes() for p in image_paths]
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         checkpoint, index = prepare(args.model, data, Path(tmp), args.server_threads)
-        port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "clipforge.cli",
-            "serve",
-            "--checkpoint",
-            str(checkpoint),
-            "--index",
-            str(index),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--threads",
-            str(args.server_threads),
-            "--log-level",
-            "warning",
-        ]
-        server = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(args.server_threads)})
-        try:
-            import httpx
-
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"http://{HOST}:{port}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("server did not come up within 120 s")
-                time.sleep(0.2)
+        with serving(checkpoint, index, args.server_threads) as (server, port):
             # warm-up (first batches allocate), then the measured run with RSS sampled in the background
             labels = ",".join(classes)
             asyncio.run(run_load(f"http://{HOST}:{port}", [("classify", False)] * 32, images, labels, 16))
@@ -299,20 +326,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "rss_warm_kb": proc_memory_kb(server.pid)["VmRSS"],
                 "loadavg_start": round(os.getloadavg()[0], 2),
             }
-            samples, stop = [], threading.Event()
-
-            def sample() -> None:
-                while not stop.wait(0.25):
-                    samples.append(proc_memory_kb(server.pid)["VmRSS"])
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            plan = request_plan(args.requests, images, labels)
-            records, wall, health = asyncio.run(
-                run_load(f"http://{HOST}:{port}", plan, images, labels, args.concurrency)
-            )
-            stop.set()
-            sampler.join()
+            with rss_sampled(server.pid) as samples:
+                plan = request_plan(args.requests, images, labels)
+                records, wall, health = asyncio.run(
+                    run_load(f"http://{HOST}:{port}", plan, images, labels, args.concurrency)
+                )
             final = proc_memory_kb(server.pid)
             memory.update(
                 peak_kb=final["VmHWM"],
@@ -321,9 +339,6 @@ def main(argv: list[str] | None = None) -> dict:
                 rss_max_sampled_kb=max(samples, default=0),
                 loadavg_end=round(os.getloadavg()[0], 2),
             )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     results, md = summarise(records, wall, health, memory, args)
     paths = write_results(args.out, "serve_load", results, md)
     print(md)

@@ -223,6 +223,10 @@ def _valid(path: Path) -> bool:
 def full_disk(ws, built, tmp_path_factory):
     root = tmp_path_factory.mktemp("full-disk")
     ck = ws["tiny_pt"]
+    pairs = root / "pairs.csv"
+    pairs.write_text("path,caption\n" + "".join(f"{p},a photo of a {p.parent.name[:-1]}\n"
+                                                for p in sorted(ws["images"].rglob("*.jpg"))))  # fmt: skip
+    (root / "q.txt").write_text("cat\ndog\n")
     cases = {
         "classify-output": (["classify", ws["images"], "--labels", "cat,dog", "--checkpoint", ck, "--no-cache",
                              "--quiet", "--output", root / "c" / "p.json"], 300, root / "c"),
@@ -238,6 +242,8 @@ def full_disk(ws, built, tmp_path_factory):
         "convert-openai": (["convert", ck, root / "w" / "x.pt", "--to", "openai"], 1_000_000, root / "w"),
         "convert-hf": (["convert", ck, root / "h", "--to", "hf"], 1_000_000, root / "h"),
         "train": (["train", "--smoke", f"output_dir={root / 'tr'}"], 200_000, root / "tr"),
+        "curate": (["curate", "--input", pairs, "--queries", root / "q.txt", "--out", root / "cu", "--min-image-side",
+                    "1", "--workers", "1"], 1000, root / "cu"),
     }  # fmt: skip
     results = run_isolated([{"argv": argv, "fsize": limit} for argv, limit, _ in cases.values()])
     return {
@@ -246,7 +252,7 @@ def full_disk(ws, built, tmp_path_factory):
 
 
 FULL_DISK_CASES = ["classify-output", "classify-move-into", "embed-record", "embed-shard", "index",
-                   "index-thumbnails", "export-onnx", "convert-clipforge", "convert-openai", "convert-hf", "train"]  # fmt: skip
+                   "index-thumbnails", "export-onnx", "convert-clipforge", "convert-openai", "convert-hf", "train", "curate"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", FULL_DISK_CASES)
@@ -260,6 +266,29 @@ def test_full_disk_is_one_line_and_leaves_no_torn_file(full_disk, name):
         p for p in folder.rglob("*") if p.is_file() and p.name != "metrics.jsonl"
     ]  # train's log appends
     assert all(_valid(p) for p in finals)
+
+
+def test_a_curated_shard_that_fails_mid_file_names_the_shard_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import tarfile
+
+    from clipforge.curate.writer import ShardWriter
+
+    writer = ShardWriter(tmp_path, samples_per_shard=3)
+    writer.write("k0", b"\xff\xd8jpeg", "a cat", {})
+    real_addfile, calls = tarfile.TarFile.addfile, []
+
+    def addfile(self, info, fileobj=None):
+        calls.append(info.name)
+        if len(calls) == 2:  # the second sample's caption: the disk is full mid-shard
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_addfile(self, info, fileobj)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", addfile)
+    with pytest.raises(OSError, match=r"cannot write: No space left on device") as error:
+        writer.write("k1", b"\xff\xd8jpeg", "a dog", {})
+    assert error.value.filename == str(tmp_path / "curated-000000.tar")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no .tar, no .tar.tmp
 
 
 # ---- class 4: a file where a folder should be --------------------------------------------------------------

@@ -301,3 +301,49 @@ def test_identical_concurrent_requests_share_one_head(ws):
 
     responses = asyncio.run(go())
     assert all(r.status_code == 200 for r in responses) and len(encoded) == 120  # 40 x 3 prompts, once
+
+
+# ---- slow clients on a real uvicorn server: headers that never finish are answered 408 and closed ----------
+
+
+def test_a_connection_whose_headers_never_finish_is_answered_408_and_closed():
+    import socket
+    import threading
+
+    uvicorn = pytest.importorskip("uvicorn")
+    from clipforge.apps.serve.connections import header_timeout_protocol
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                            http=header_timeout_protocol(0.5))  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as slow,
+            socket.create_connection(("127.0.0.1", port), timeout=10) as polite,
+        ):
+            slow.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")  # ... and nothing more
+            started = time.perf_counter()
+            polite.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert polite.recv(100).startswith(b"HTTP/1.1 200")  # a complete request is not cut
+            answer = b""
+            while chunk := slow.recv(1000):  # until the server closes the connection
+                answer += chunk
+            waited = time.perf_counter() - started
+        assert answer.startswith(b"HTTP/1.1 408") and b"request headers took longer than 0.5s" in answer
+        assert 0.4 < waited < 5.0
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -189,3 +189,33 @@ def test_a_non_utf8_path_cell_still_opens_its_file(ws, tmp_path):
     assert rc == 0, err
     vectors, meta = load_embeddings(out)
     assert len(vectors) == 1 and meta[0]["path"] == "chat-\\xe9t\\xe9.jpg"  # stored escaped, readable
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "dropped", "kept"),
+    [
+        ("quote.csv", 'path,caption\n{c0},"a cat\n{d0},a dog"\n{c1},a cat\n', {"unbalanced_quote": 1}, 1),
+        ("bom.csv", BOM + "path,caption\n{c0},a cat\n{d0},a dog\n", {}, 2),
+        ("lines.jsonl", '{{"path": "{c0}", "caption": "a cat"}}\n{{broken\n[1]\n', {"bad_json": 2}, 1),
+    ],
+    ids=["unbalanced-quote", "bom", "jsonl-bad-lines"],
+)
+def test_curate_reads_tables_by_the_same_policy(ws, tmp_path, name, text, dropped, kept):
+    """curate: the same reader as embed -- a BOM is dropped, malformed rows are counted by reason among the
+    drops (stats.json) and the run goes on with the usable rows."""
+    work = fresh_dir(tmp_path)
+    images = ws["images"]
+    fills = {
+        "c0": images / "cats" / "cat0.jpg",
+        "c1": images / "cats" / "cat1.jpg",
+        "d0": images / "dogs" / "dog0.jpg",
+    }
+    (work / name).write_text(text.format(**fills), encoding="utf-8")
+    (work / "q.txt").write_text("cat\ndog\n")
+    rc, _, err = run_cli(["curate", "--input", work / name, "--queries", work / "q.txt", "--out", work / "out",
+                          "--min-image-side", "1"])  # fmt: skip
+    assert rc == 0, err[-2000:]
+    stats = json.loads((work / "out" / "stats.json").read_text())
+    assert stats["dropped"] == dropped and stats["kept"] == kept, stats
+    lines = {"quote.csv": [2], "bom.csv": [], "lines.jsonl": [2, 3]}[name]
+    assert stats["malformed_rows"] == [f"{name}:line{n} ({next(iter(dropped))})" for n in lines]  # file:line

@@ -114,6 +114,19 @@ def _named(error: OSError, path: Path, action: str = "cannot write") -> OSError:
     return named if isinstance(named, OSError) else OSError(code, f"{action}: {reason}", os.fspath(path))
 
 
+@contextlib.contextmanager
+def named_write_errors(path: str | os.PathLike, partial: str | os.PathLike | None = None) -> Iterator[None]:
+    """For files written piece by piece outside atomic_write (a spool, a shard filled sample by sample):
+    an OSError in the block is re-raised naming `path` ("cannot write: File too large"), and the `partial`
+    file, if given, is removed first so nothing torn is left behind."""
+    try:
+        yield
+    except OSError as error:
+        if partial is not None:
+            _discard(Path(partial))
+        raise _named(error, Path(path)) from error
+
+
 def _write_failure(error: BaseException, tmp: Path, path: Path) -> BaseException:
     """What to raise for an exception while writing `tmp`: libraries report a full disk in many ways
     (torch: RuntimeError 'unexpected pos', faiss: 'write error', numpy: 'requested and N written'), so

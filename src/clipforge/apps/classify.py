@@ -8,7 +8,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,17 +51,13 @@ def check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
-def check_distinct_prompts(
-    labels: Sequence[str], templates: Sequence[str], context_length: int, tokenizer: Callable | None = None
-) -> None:
-    """Refuse labels whose prompts the model cannot tell apart: after tokenisation and truncation to the
-    model's context, two labels with identical token ids under every template get identical scores."""
-    if tokenizer is None:
-        from clipforge.tokenizer import tokenize
+def check_distinct_prompts(labels: Sequence[str], templates: Sequence[str], model: torch.nn.Module) -> None:
+    """Refuse labels whose prompts the model cannot tell apart: after its own tokenizer (`tokenizer_for`: the
+    BPE, or an HF text tower's) and truncation to its context, two labels with identical token ids under
+    every template get identical scores."""
+    from clipforge.tokenizer import tokenizer_for
 
-        def tokenizer(texts):
-            return tokenize(texts, context_length=context_length, truncate=True)
-
+    tokenizer, context_length = tokenizer_for(model), model.config.text.context_length
     rows: dict[tuple, str] = {}
     for label in labels:
         tokens = tokenizer([t.replace("{}", label) for t in templates])  # (T, L)
@@ -93,7 +89,7 @@ def classify_files(
 
     check_positive(top_k=top_k, batch_size=batch_size)
     labels, templates = validate_labels(labels), validate_templates(templates)
-    check_distinct_prompts(labels, templates, model.context_length)
+    check_distinct_prompts(labels, templates, model)
     classifier = build_classifier(
         model, labels, templates, batch_size=256, cache_dir=cache_dir, progress=progress
     )  # (E, C)

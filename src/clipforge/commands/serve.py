@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, default=32, help="largest micro-batch per model call")
     p.add_argument("--max-wait-ms", type=positive_float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--max-connections", type=positive_int, default=256, help="beyond this: 503")
+    p.add_argument("--header-timeout-s", type=positive_float, default=10.0, help="beyond this: 408, closed")
     p.add_argument("--shutdown-timeout-s", type=positive_float, default=5.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--log-level", default="info")
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     from clipforge.apps.provenance import load_recorded
     from clipforge.apps.search import SearchIndex
     from clipforge.apps.serve import ServeLimits, create_app
+    from clipforge.apps.serve.connections import header_timeout_protocol
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -77,5 +79,6 @@ def main(argv: list[str] | None = None) -> dict:
         log_level=args.log_level,
         timeout_graceful_shutdown=max(1, round(args.shutdown_timeout_s)),
         limit_concurrency=args.max_connections,
+        http=header_timeout_protocol(args.header_timeout_s),
     )
     return {"host": args.host, "port": args.port}

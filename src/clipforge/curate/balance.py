@@ -131,6 +131,7 @@ def plot_query_counts(before: np.ndarray, after: np.ndarray, cap: int, path: str
         ax.axvspan(0.8, head + 0.5, color="tab:red", alpha=0.08, label=f"head ({head:,} queries)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xlim(0.8, len(order) + 1)  # explicit: autoscaling a log axis over one point (one query) fails
     ax.set_xlabel("query rank (by count before)")
     ax.set_ylabel("pairs matching the query")
     ax.set_title("Pairs per query before and after balancing")

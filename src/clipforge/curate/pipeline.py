@@ -36,7 +36,7 @@ from clipforge.curate.matcher import QueryMatcher, normalize_text
 from clipforge.curate.queries import load_queries
 from clipforge.curate.sources import Pair, assign_files, iter_pairs, list_input_files, rank_from_env
 from clipforge.curate.writer import ShardWriter
-from clipforge.fileio import atomic_write_text
+from clipforge.fileio import atomic_write_text, named_write_errors
 from clipforge.results import markdown_table, write_results
 
 STAGES = ("all", "count", "select")
@@ -90,6 +90,8 @@ def _count_file(path: Path) -> tuple[np.ndarray, int]:
 def _select_pair(pair: Pair) -> tuple[str | None, dict | None]:
     """The per-pair work of pass 2 up to de-duplication: (drop reason, None) or (None, candidate)."""
     config, matcher = _WORKER["config"], _WORKER["matcher"]
+    if pair.problem:
+        return pair.problem, None
     normalised = normalize_text(pair.caption) if pair.caption else ""
     reason = caption_problem(pair.caption, config.clean, normalised)
     if reason:
@@ -122,21 +124,26 @@ def _select_pair(pair: Pair) -> tuple[str | None, dict | None]:
     }
 
 
-def _select_file(job: tuple[int, Path]) -> tuple[str, dict[str, int], int]:
+MALFORMED_EXAMPLES = 20  # malformed table rows named (file:line) in stats.json; all are counted
+
+
+def _select_file(job: tuple[int, Path]) -> tuple[str, dict[str, int], int, list[str]]:
     index, path = job
     config = _WORKER["config"]
     spool = Path(_WORKER["spool_dir"]) / f"{index:06d}.pkl"
     drops: Counter = Counter()
-    pairs = 0
-    with open(spool, "wb") as f:
+    pairs, malformed = 0, []
+    with named_write_errors(spool, partial=spool), open(spool, "wb") as f:  # a full disk names the spool
         for pair in iter_pairs(path, config.image_field, config.caption_field):
             pairs += 1
             reason, candidate = _select_pair(pair)
             if reason:
                 drops[reason] += 1
+                if pair.problem and len(malformed) < MALFORMED_EXAMPLES:
+                    malformed.append(f"{pair.key} ({pair.problem})")
             else:
                 pickle.dump(candidate, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return str(spool), dict(drops), pairs
+    return str(spool), dict(drops), pairs, malformed
 
 
 def _read_spool(path: str) -> Iterator[dict]:
@@ -207,13 +214,14 @@ def curate(config: CurateConfig, fetcher: Fetcher | None = None, scorer: Scorer 
     t0 = time.perf_counter()
     suffix = f"-r{rank:05d}" if world_size > 1 else ""
     writer = ShardWriter(output_dir, f"{config.prefix}{suffix}", config.samples_per_shard)
-    after, drops = QueryCounts(len(queries)), Counter()
-    input_pairs = _select_stage(config, files, before, fetcher, scorer, matcher, writer, after, drops, rank)
+    after, drops, malformed = QueryCounts(len(queries)), Counter(), []
+    input_pairs = _select_stage(config, files, before, fetcher, scorer, matcher, writer, after, drops, rank,
+                                malformed)  # fmt: skip
     timings["select_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     manifest = writer.finish(f"manifest{suffix}.json", {"rank": rank, "world_size": world_size})
     stats = _stats(config, rank, world_size, len(files), input_pairs, writer.total, drops, before, after.counts,
-                   timings, manifest)  # fmt: skip
+                   timings, manifest, malformed)  # fmt: skip
     _write_reports(output_dir, suffix, stats, queries, before, after.counts, config.cap)
     return stats
 
@@ -232,10 +240,11 @@ def _count_stage(config: CurateConfig, files: list, num_queries: int, counts_pat
 
 
 def _select_stage(
-    config, files, before, fetcher, scorer, matcher, writer, after, drops: Counter, rank: int
+    config, files, before, fetcher, scorer, matcher, writer, after, drops: Counter, rank: int, malformed: list
 ) -> int:
     """Stage 2: balance, fetch and clean each file's pairs (workers spool them), then dedup, score and write
-    them in file order; `after` and `drops` are filled in. Returns the pairs read."""
+    them in file order; `after`, `drops` and `malformed` (the first malformed rows, file:line) are filled
+    in. Returns the pairs read."""
     http = HttpFetcher(timeout_s=config.fetch_timeout_s, retries=config.fetch_retries)
     spool_dir = Path(config.output_dir) / f".spool-r{rank:05d}"
     spool_dir.mkdir(parents=True, exist_ok=True)
@@ -250,9 +259,10 @@ def _select_stage(
     jobs = list(enumerate(files))
     progress = tqdm(_map_in_order(_select_file, jobs, config.num_workers), total=len(jobs),
                     desc=f"select r{rank}", unit="file")  # fmt: skip
-    for spool, file_drops, pairs in progress:
+    for spool, file_drops, pairs, file_malformed in progress:
         input_pairs += pairs
         drops.update(file_drops)
+        malformed.extend(file_malformed[: MALFORMED_EXAMPLES - len(malformed)])
         _consume_spool(spool, matcher, dedup, writer, after, drops, scorer, config.clean, rank)
         os.remove(spool)
     spool_dir.rmdir()
@@ -302,7 +312,7 @@ def _consume_batch(
 
 
 def _stats(
-    config, rank, world_size, files, input_pairs, kept, drops, before, after, timings, manifest
+    config, rank, world_size, files, input_pairs, kept, drops, before, after, timings, manifest, malformed=()
 ) -> dict:
     dropped = dict(sorted(drops.items(), key=lambda item: -item[1]))
     return {
@@ -313,6 +323,7 @@ def _stats(
         "kept": kept,
         "dropped": dropped,
         "dropped_total": sum(dropped.values()),
+        "malformed_rows": list(malformed),  # the first MALFORMED_EXAMPLES, as file:line (reason)
         "accounted": input_pairs == kept + sum(dropped.values()),
         "balance": head_tail_summary(before, after, config.cap),
         "timings": timings,
@@ -335,6 +346,7 @@ def _write_reports(out_dir: Path, suffix: str, stats: dict, queries, before, aft
         f"input pairs {stats['input_pairs']:,} = kept {stats['kept']:,} + dropped {stats['dropped_total']:,}"
         f" ({'accounted' if stats['accounted'] else 'NOT accounted'})\n\n## Drops\n\n"
         + markdown_table(drop_rows)
+        + "".join(f"\nmalformed table row: {row}" for row in stats["malformed_rows"])
         + "\n## Balance\n\n"
         + markdown_table([stats["balance"]])
         + "\n## Most frequent queries\n\n"

@@ -35,6 +35,7 @@ class Pair:
     image: str
     caption: str | None
     image_bytes: bytes | None = None
+    problem: str | None = None  # a row the table reader could not use (its reason): counted as a drop
 
 
 def list_input_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -92,12 +93,19 @@ def iter_pairs(
     if name.endswith(".parquet"):
         rows = _iter_parquet(path)
     elif name.endswith(TEXT_SUFFIXES):
-        rows = (row for _, row in table_rows(path, None))
+        bad: list[Pair] = []  # malformed rows: skipped and counted by reason, as every table reader does
+        rows = _good_rows(table_rows(path, None, lambda line, reason, _: bad.append(
+            Pair(f"{path.name}:line{line}", "", None, problem=reason))), bad)  # fmt: skip
     else:
         raise ValueError(f"{path}: unknown input format; valid suffixes: {', '.join(SUFFIXES)}")
     base = path.parent
     fields: tuple[str, str] | None = None
-    for row_index, row in enumerate(rows):
+    row_index = -1  # counts usable rows only: their keys do not depend on the malformed ones
+    for row in rows:
+        if isinstance(row, Pair):
+            yield row
+            continue
+        row_index += 1
         if fields is None:
             fields = (
                 _pick_field(path, row, image_field, IMAGE_FIELDS, "image"),
@@ -108,6 +116,15 @@ def iter_pairs(
             image = str(base / image)
         caption = row.get(fields[1])
         yield Pair(f"{path.name}:{row_index}", image, None if caption is None else str(caption))
+
+
+def _good_rows(rows: Iterator[tuple[int, dict]], bad: list[Pair]) -> Iterator[dict | Pair]:
+    """The rows' dicts, with the Pairs the reader's on_bad_row collected meanwhile yielded in their place."""
+    for _, row in rows:
+        yield from bad
+        bad.clear()
+        yield row
+    yield from bad
 
 
 def _pick_field(path: Path, row: dict, given: str | None, candidates: tuple[str, ...], what: str) -> str:

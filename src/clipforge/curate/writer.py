@@ -12,7 +12,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from clipforge.fileio import atomic_write_json
+from clipforge.fileio import atomic_write_json, named_write_errors
 
 
 class ShardWriter:
@@ -33,14 +33,15 @@ class ShardWriter:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits on them)")
         if self._tar is None:
             self._open()
-        for ext, data in (
-            ("jpg", jpeg),
-            ("txt", caption.encode("utf-8")),
-            ("json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")),
-        ):
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "", ""
-            self._tar.addfile(info, io.BytesIO(data))
+        with self._errors_named():
+            for ext, data in (
+                ("jpg", jpeg),
+                ("txt", caption.encode("utf-8")),
+                ("json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")),
+            ):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "", ""
+                self._tar.addfile(info, io.BytesIO(data))
         self._in_shard += 1
         self.total += 1
         if self._in_shard == self.samples_per_shard:
@@ -51,9 +52,14 @@ class ShardWriter:
         self._tar = tarfile.open(self._path.with_suffix(".tar.tmp"), "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (open across writes)
         self._in_shard = 0
 
+    def _errors_named(self):
+        """A failed write (a full disk) names the shard and leaves no partial .tar.tmp behind."""
+        return named_write_errors(self._path, partial=self._path.with_suffix(".tar.tmp"))
+
     def _close(self) -> None:
-        self._tar.close()
         tmp = self._path.with_suffix(".tar.tmp")
+        with self._errors_named():
+            self._tar.close()
         os.replace(tmp, self._path)
         digest = hashlib.sha256(self._path.read_bytes()).hexdigest()
         self.shards.append(

@@ -170,7 +170,7 @@ async def read_upload(upload: UploadFile, runner: ModelRunner) -> torch.Tensor:
     return await runner.pixels(data)
 
 
-def split_labels(raw: str, templates: tuple[str, ...], limits: ServeLimits, context_length: int):
+def split_labels(raw: str, templates: tuple[str, ...], limits: ServeLimits, model):
     """The CLI's label rules (apps.inputs / apps.classify) plus the service's caps, as a 422."""
     from clipforge.apps.classify import check_distinct_prompts
     from clipforge.apps.inputs import validate_labels
@@ -187,7 +187,7 @@ def split_labels(raw: str, templates: tuple[str, ...], limits: ServeLimits, cont
                 f"labels x templates = {len(labels)} x {len(templates)} = {len(labels) * len(templates)} prompts, "
                 f"above the limit {limits.max_prompts} per request"
             )
-        check_distinct_prompts(labels, templates, context_length)
+        check_distinct_prompts(labels, templates, model)
     except ValueError as err:
         raise HTTPException(422, str(err)) from None
     return labels
@@ -298,8 +298,8 @@ def model_router(runner: ModelRunner, limits: ServeLimits, model_name: str, inde
         ] = None,
     ) -> dict:
         template_tuple = split_templates(templates, limits)
-        context = runner.model.context_length  # tokenising up to max_prompts prompts: off the event loop
-        label_tuple = await asyncio.to_thread(split_labels, labels, template_tuple, limits, context)
+        # tokenising up to max_prompts prompts: off the event loop
+        label_tuple = await asyncio.to_thread(split_labels, labels, template_tuple, limits, runner.model)
         pixels = await read_upload(image, runner)
         features, head = await asyncio.gather(
             runner.image_features(pixels), runner.classifier(label_tuple, template_tuple)
