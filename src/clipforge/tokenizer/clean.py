@@ -101,16 +101,19 @@ def _needed_chars(pattern: re.Pattern) -> frozenset[int] | None:
         branches = [parsed]
     needed: set[int] = set()
     for branch in branches:
-        witness = None
-        for op, av in branch:
-            codes = _class_codes(op, av)
-            if codes and min(codes) >= 0x80:
-                witness = codes
-                break
-        if witness is None:
+        witnesses = [codes for op, av in branch if (codes := _class_codes(op, av)) and min(codes) >= 0x80]
+        if not witnesses:
             return None
-        needed |= witness
+        needed |= min(witnesses, key=_commonness)  # any one is enough: take the rarest in real text
     return frozenset(needed)
+
+
+def _commonness(codes: set[int]) -> tuple[int, int, int]:
+    """How often a character class turns up in ordinary text: its lower-case letters of Latin-1 to
+    Cyrillic (é, ß, ж), then all its letters there, then its size."""
+    letters = [c for c in codes if 0xC0 <= c < 0x530 and unicodedata.category(chr(c)).startswith("L")]
+    lower = sum(unicodedata.category(chr(c)) == "Ll" for c in letters)
+    return lower, len(letters), len(codes)
 
 
 def _fixer_chars() -> set[int]:

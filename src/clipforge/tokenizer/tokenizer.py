@@ -2,17 +2,19 @@
 
 Fast where it can be without changing a single id:
 - texts that ftfy/HTML cleaning provably leaves unchanged skip it (`clean.clean_lower`: plain ASCII, and
-  most non-ASCII text: CJK, accents, emoji);
-- no word pattern match can contain a space, so a cleaned text's ids are the concatenation of the ids of
-  its space-separated chunks: each distinct chunk ("dog,") goes through the regex and BPE once, then
-  is a dict lookup (the regex alone would cost ~5x more than the whole lookup path);
-- a new word is BPE-merged in Rust (`rust_bpe`, HF `tokenizers`) when installed, so a first pass over unseen
-  text (an empty cache) is nearly as fast as a warm one;
-- a truncated text stops after the chunks that fill its context (each chunk gives at least one id);
+  most non-ASCII text: CJK, accents, emoji); a batch of plain texts is checked and lower-cased in one go;
+- no word pattern match can contain whitespace, so a cleaned text's ids are the concatenation of the ids of
+  its whitespace-separated chunks: each distinct chunk ("dog,") goes through the regex and BPE once, then
+  is a dict lookup. A whole batch is one string (texts joined by a separator chunk) split once and looked
+  up with `map` + `chain` + `np.fromiter` in C: no Python loop per text or per chunk;
+- the new chunks of a batch are learned together, their new words BPE-merged in one call to Rust
+  (`rust_bpe`, HF `tokenizers`) when installed, so a first pass over unseen text (empty caches) is nearly
+  as fast as a warm one;
+- a truncated long text stops after the chunks that can fill its row (a chunk gives at least one id);
 - the output tensor is filled by numpy in one go;
-- the garbage collector is paused while a batch is encoded: the batch allocates many small lists and
-  tuples that all stay alive, so every collection it would trigger finds nothing and scans the whole heap
-  (torch's included), which cost up to 40 % of a cold pass.
+- the garbage collector is paused while a batch is encoded: the batch allocates many small tuples that all
+  stay alive, so every collection it would trigger finds nothing and scans the whole heap (torch's
+  included), which cost up to 40 % of a cold pass.
 """
 
 from __future__ import annotations
@@ -58,13 +60,17 @@ def _python_merge_many(vocab: BPEVocab) -> Callable[[list[str]], list[tuple[int,
     return lambda words: [word_to_ids(word, vocab) for word in words]
 
 
+SEPARATOR = "\x00"  # the chunk between texts of a joined batch; never in a cleaned text (see _clean)
+_SEPARATOR_IDS = (-1,)
+
+
 class Tokenizer:
     """OpenAI CLIP's byte-level BPE. `tok(texts)` -> LongTensor (N, context_length); picklable.
 
     `context_length` and `truncate` are the defaults for `__call__`. `cache_size` bounds the number of
-    distinct words remembered (the cache is emptied when it grows past it). `bpe` picks who merges new
-    words: "rust" (HF `tokenizers`), "python" (`bpe.word_to_ids`) or "auto" (rust when installed); the ids
-    are the same.
+    distinct words and chunks remembered (the caches are emptied when they grow past it). `bpe` picks who
+    merges new words: "rust" (HF `tokenizers`), "python" (`bpe.word_to_ids`) or "auto" (rust when
+    installed); the ids are the same.
     """
 
     sot_token_id = SOT_TOKEN_ID
@@ -92,7 +98,7 @@ class Tokenizer:
         rust = self.bpe == "rust"
         self._merge_many = rust_merge_many(self.vocab_path) if rust else _python_merge_many(self.vocab)
         self._word_ids: dict[str, tuple[int, ...]] = {}  # word (a regex match) -> its ids
-        self._chunk_ids: dict[str, tuple[int, ...]] = {}  # whitespace-free chunk of cleaned text -> ids
+        self._chunk_ids: dict[str, tuple[int, ...]] = {SEPARATOR: _SEPARATOR_IDS}  # chunk -> ids
 
     def __reduce__(self):  # rebuild from the file in a worker instead of pickling ~50k dict entries
         return Tokenizer, (self.vocab_path, self.context_length, self.truncate, self.cache_size, self.bpe)
@@ -104,36 +110,63 @@ class Tokenizer:
         """BPE ids of one text, without SOT/EOT."""
         return self.encode_batch([text])[0]
 
-    def encode_batch(self, texts: Sequence[str], max_chunks: int | None = None) -> list[list[int]]:
-        """BPE ids of each text, without SOT/EOT. With `max_chunks`, a text's ids may stop after its first
-        `max_chunks` whitespace-separated chunks, once they gave >= max_chunks ids (a truncated row's worth:
-        a chunk gives at least one id, except a lone U+0345, which the word pattern skips)."""
-        with _gc_paused():
-            return self._encode_batch(texts, max_chunks)
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """BPE ids of each text, without SOT/EOT."""
+        ids, lengths = self._encode_flat(texts, None)
+        return [row.tolist() for row in np.split(ids, np.cumsum(lengths)[:-1])] if len(lengths) else []
 
-    def _encode_batch(self, texts: Sequence[str], max_chunks: int | None) -> list[list[int]]:
-        chunk_lists, cut = [], []
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str")
-            chunks = clean_lower(text).split()
-            if max_chunks is not None and len(chunks) > max_chunks:
-                del chunks[max_chunks:]
-                cut.append(index)
-            chunk_lists.append(chunks)
+    def _encode_flat(self, texts: Sequence[str], max_chunks: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(all texts' ids concatenated, each text's number of ids). With `max_chunks`, a long text may stop
+        after its first `max_chunks` chunks, once they gave >= max_chunks ids (a truncated row's worth)."""
+        if not len(texts):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        with _gc_paused():
+            cleaned, lowered, cut = self._clean(texts, max_chunks)
+            joined = " \x00 ".join(cleaned) + " \x00"
+            ids = self._lookup((joined.lower() if lowered else joined).split())
+            if len(self._chunk_ids) + len(self._word_ids) > self.cache_size:
+                self._chunk_ids = {SEPARATOR: _SEPARATOR_IDS}
+                self._word_ids = {}
+        ends = np.flatnonzero(ids < 0)
+        if len(ends) != len(cleaned):
+            raise RuntimeError(f"{len(ends)} text separators in a batch of {len(cleaned)}: a tokenizer bug")
+        lengths = np.diff(ends, prepend=-1) - 1
+        if max_chunks is not None and len(cut) and (lengths[cut] < max_chunks).any():
+            return self._encode_flat(texts, None)  # a chunk without ids (a lone U+0345) was cut: redo in full
+        return ids[ids >= 0], lengths
+
+    @staticmethod
+    def _clean(texts: Sequence[str], max_chunks: int | None) -> tuple[list[str], bool, np.ndarray]:
+        """(cleaned texts, whether they still need lower-casing, indices of the texts cut to max_chunks).
+
+        No cleaned text holds U+0000: plain texts are printable, and ftfy removes it (`clean_lower`)."""
+        try:
+            raw = "".join(texts)
+        except TypeError:
+            index, bad = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
+            raise TypeError(f"texts[{index}] is {type(bad).__name__}, expected str") from None
+        if raw.isascii() and raw.isprintable() and "&" not in raw:  # every text is plain: lower all at once
+            cleaned, lowered = list(texts), True
+        else:
+            cleaned, lowered = [clean_lower(text) for text in texts], False
+        cut = []
+        if max_chunks is not None:  # > max_chunks chunks needs > 2 * max_chunks characters
+            long = np.flatnonzero(np.fromiter(map(len, cleaned), np.int64, len(cleaned)) > 2 * max_chunks)
+            for index in long.tolist():
+                parts = cleaned[index].split(maxsplit=max_chunks)
+                if len(parts) > max_chunks:
+                    cleaned[index] = " ".join(parts[:max_chunks])
+                    cut.append(index)
+        return cleaned, lowered, np.array(cut, dtype=np.int64)
+
+    def _lookup(self, chunks: list[str]) -> np.ndarray:
+        """The ids of `chunks`, concatenated; chunks not seen before are learned first."""
         known = self._chunk_ids
         try:
-            out = [list(chain.from_iterable(map(known.__getitem__, chunks))) for chunks in chunk_lists]
-        except KeyError:  # new chunks: learn all of the batch's at once, then look up again
-            self._learn({chunk for chunks in chunk_lists for chunk in chunks if chunk not in known})
-            out = [list(chain.from_iterable(map(known.__getitem__, chunks))) for chunks in chunk_lists]
-        for index in cut:
-            if len(out[index]) < max_chunks:  # a chunk without ids was cut short: encode the whole text
-                out[index] = self._encode_batch([texts[index]], None)[0]
-        if len(self._chunk_ids) + len(self._word_ids) > self.cache_size:
-            self._chunk_ids.clear()
-            self._word_ids.clear()
-        return out
+            return np.fromiter(chain.from_iterable(map(known.__getitem__, chunks)), np.int64)
+        except KeyError:
+            self._learn(set(chunks).difference(known))
+            return np.fromiter(chain.from_iterable(map(known.__getitem__, chunks)), np.int64)
 
     def _learn(self, chunks: set[str]) -> None:
         """Add `chunks` to the chunk cache: split by the word pattern, new words merged in one call."""
@@ -175,30 +208,31 @@ class Tokenizer:
         """
         context_length = self.context_length if context_length is None else context_length
         truncate = self.truncate if truncate is None else truncate
+        if context_length < 2:
+            raise ValueError(f"context_length={context_length}: must be >= 2 to hold SOT and EOT")
         if isinstance(texts, str):
             texts = [texts]
-        max_chunks = max(context_length - 2, 0) if truncate else None  # the ids a row can hold
-        return pack_ids(self.encode_batch(texts, max_chunks), context_length, truncate)
+        ids, lengths = self._encode_flat(texts, context_length - 2 if truncate else None)
+        return pack_ids(ids, lengths, context_length, truncate)
 
 
-def pack_ids(ids: list[list[int]], context_length: int, truncate: bool) -> torch.Tensor:
-    """Rows of SOT + ids + EOT, zero-padded to context_length, built with numpy in one go."""
-    if context_length < 2:
-        raise ValueError(f"context_length={context_length}: must be >= 2 to hold SOT and EOT")
+def pack_ids(ids: np.ndarray, lengths: np.ndarray, context_length: int, truncate: bool) -> torch.Tensor:
+    """Rows of SOT + ids + EOT, zero-padded to context_length, built with numpy in one go.
+    ids: all texts' ids concatenated; lengths: each text's count."""
     room = context_length - 2
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    for index in np.flatnonzero(lengths > room):
-        if not truncate:
-            raise ValueError(
-                f"text {index} is {lengths[index] + 2} tokens long with SOT/EOT, more than "
-                f"context_length={context_length}; pass truncate=True to cut it"
-            )
-        ids[index] = ids[index][:room]
-        lengths[index] = room
-    out = np.zeros((len(ids), context_length), dtype=np.int64)
+    over = np.flatnonzero(lengths > room)
+    if len(over) and not truncate:
+        raise ValueError(
+            f"text {over[0]} is {lengths[over[0]] + 2} tokens long with SOT/EOT, more than "
+            f"context_length={context_length}; pass truncate=True to cut it"
+        )
+    kept = np.minimum(lengths, room)
+    if len(over):  # the first `room` ids of each text
+        starts = np.repeat(np.cumsum(lengths) - lengths, kept)
+        ids = ids[starts + np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)]
+    out = np.zeros((len(lengths), context_length), dtype=np.int64)
     out[:, 0] = SOT_TOKEN_ID
     columns = np.arange(context_length)
-    body = (columns >= 1) & (columns <= lengths[:, None])  # (N, L): where the BPE ids go
-    out[body] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-    out[np.arange(len(ids)), lengths + 1] = EOT_TOKEN_ID
+    out[(columns >= 1) & (columns <= kept[:, None])] = ids  # (N, L) mask of the body, row-major
+    out[np.arange(len(lengths)), kept + 1] = EOT_TOKEN_ID
     return torch.from_numpy(out)
