@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from clipforge.commands.eval import fewshot_rows, load_model, run_fewshot
+from clipforge.device import DEFAULT_DEVICE
 from clipforge.evaluate.datasets import build_eval_dataset
-from clipforge.evaluate.fewshot import plot_fewshot
+from clipforge.evaluate.fewshot import FewShotConfig, fewshot_rows, plot_fewshot, run_fewshot
+from clipforge.factory import load_model
 from clipforge.results import markdown_table, write_results
 from clipforge.zeroshot.templates import SIMPLE_TEMPLATES, get_templates
 
@@ -66,9 +67,8 @@ def run_dataset(model, transform, name: str, root: str, args) -> dict:
         templates = get_templates(base)
     except KeyError:
         templates = SIMPLE_TEMPLATES
-    curve = run_fewshot(
-        model, train, test, templates, list(test.classes), args.shots, args.seeds, args.methods
-    )
+    config = FewShotConfig(shots=tuple(args.shots), seeds=tuple(args.seeds), methods=tuple(args.methods))
+    curve = run_fewshot(model, train, test, templates, list(test.classes), config)
     checks = check_targets(curve)
     result = {
         "dataset": name,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=["linear_probe", "anchored", "cache"])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto: CUDA when available, else CPU")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--smoke", action="store_true")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.shots, args.seeds = [1, 2], [0, 1]
     if not args.checkpoint:
         parser.error("--checkpoint PATH is required (or --smoke)")
-    model, transform = load_model(args.checkpoint, None, args.device)
+    model, transform = load_model(args.checkpoint, device=args.device)
     data = args.data or [f"cifar10={SHARED / 'cifar10'}"]
     results = {}
     for item in data:

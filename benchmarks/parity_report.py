@@ -1,11 +1,12 @@
-"""Converter parity for every OpenAI preset: clipforge vs open_clip vs transformers, same random
+"""Converter parity for the nine OpenAI architectures, each as open_clip's QuickGELU `X-quickgelu` (OpenAI's
+weights) and GELU `X` (LAION/DataComp/... weights): clipforge vs open_clip vs transformers, same random
 weights, fp32, plus a file round trip per preset.
 
-Round trip: open_clip's random model traced to an OpenAI TorchScript archive -> clipforge ->
-(ViT) HF directory -> clipforge / (ResNet) clipforge safetensors -> clipforge -> open_clip
-state_dict -> a fresh open_clip model, compared with the original.
+Round trip: open_clip's random model written as OpenAI's TorchScript archive (QuickGELU models) or as an open_clip
+state_dict loaded by name (GELU models) -> clipforge -> (ViT) HF directory -> clipforge / (ResNet) clipforge
+safetensors -> clipforge -> open_clip state_dict -> a fresh open_clip model, compared with the original.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.parity_report [--models RN50 ViT-B-32] [--smoke]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.parity_report [--models RN50 ViT-B-32-quickgelu] [--smoke]
 
 Writes benchmarks/results/parity.json and parity.md.
 """
@@ -23,8 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from clipforge.checkpoints import load_any, save
-from clipforge.checkpoints.parity import (
+from benchmarks.references import (
     clipforge_from_open_clip,
     compare_hf,
     compare_open_clip,
@@ -33,8 +33,11 @@ from clipforge.checkpoints.parity import (
     sample_inputs,
     trace_open_clip,
 )
+from clipforge.checkpoints import load_any, save
 from clipforge.models.config import OPENAI_PRESETS
 from clipforge.results import markdown_table, write_results
+
+NAMES = [f"{name}-quickgelu" for name in OPENAI_PRESETS] + list(OPENAI_PRESETS)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 2
@@ -45,8 +48,12 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def round_trip(reference: torch.nn.Module, name: str, work: Path, images, text) -> dict[str, float]:
-    trace_open_clip(reference, work / "openai.pt")
-    first = load_any(work / "openai.pt")
+    if name.endswith("-quickgelu"):  # OpenAI's released format; TorchScript archives are QuickGELU
+        trace_open_clip(reference, work / "openai.pt")
+        first = load_any(work / "openai.pt")
+    else:  # open_clip files do not record the activation: loaded by name
+        torch.save(reference.state_dict(), work / "open_clip_in.pt")
+        first = load_any(work / "open_clip_in.pt", config=name)
     if first.config.vision.kind == "vit":
         middle = save(first, work / "hf", "hf")
     else:
@@ -93,11 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=list(OPENAI_PRESETS), choices=OPENAI_PRESETS)
-    parser.add_argument("--smoke", action="store_true", help="RN50 and ViT-B-32 only")
+    parser.add_argument("--models", nargs="+", default=NAMES, choices=NAMES)
+    parser.add_argument("--smoke", action="store_true", help="RN50 and ViT-B-32 (both activations) only")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    names = ["RN50", "ViT-B-32"] if args.smoke else args.models
+    names = ["RN50", "RN50-quickgelu", "ViT-B-32", "ViT-B-32-quickgelu"] if args.smoke else args.models
     rows = []
     for name in tqdm(names, desc="parity", unit="model"):
         with tempfile.TemporaryDirectory(prefix="clipforge-parity-") as tmp:
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
               for k, v in row.items()} for row in rows]  # fmt: skip
     summary = (
         "# Converter parity (fp32, random weights, batch 2)\n\n"
-        "Max abs difference of encode_image / encode_text: clipforge vs open_clip `<name>-quickgelu`, vs "
+        "Max abs difference of encode_image / encode_text: clipforge vs open_clip's model of the same name, vs "
         "transformers.CLIPModel through clipforge's HF directory (ViT only), and after the file round trip "
         "OpenAI TorchScript -> clipforge -> HF (ViT) or clipforge safetensors (ResNet) -> clipforge -> "
         "open_clip.\n\n" + markdown_table(shown) + f"\nWorst difference overall: {worst:.2e}. Reproduce: "

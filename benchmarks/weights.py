@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.references import randomize_
 from clipforge.checkpoints import load_any, save
-from clipforge.checkpoints.parity import randomize_
 from clipforge.models import CLIP, CLIPConfig, get_config
 
 

@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
 ]
 pytestmark = pytest.mark.skipif(
     not (os.path.isfile(CHROMIUM) or shutil.which("chromium")),
-    reason=f"chromium not installed at {CHROMIUM} (apt-get install -y chromium; .ci/run does this)",
+    reason=f"chromium not installed at {CHROMIUM} (make test installs Debian's chromium)",
 )
 
 

@@ -11,6 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.references import (
+    compare_hf,
+    compare_open_clip,
+    load_hf_reference,
+    max_abs_diff,
+    randomize_,
+    sample_inputs,
+    tiny_open_clip,
+    trace_open_clip,
+)
 from clipforge.checkpoints import (
     UnsafeCheckpointError,
     detect_format,
@@ -22,19 +32,9 @@ from clipforge.checkpoints import (
 )
 from clipforge.checkpoints.hf import save_hf
 from clipforge.checkpoints.openai import clipforge_to_openai, infer_config, openai_to_clipforge
-from clipforge.checkpoints.parity import (
-    compare_hf,
-    compare_open_clip,
-    load_hf_reference,
-    max_abs_diff,
-    randomize_,
-    sample_inputs,
-    tiny_open_clip,
-    trace_open_clip,
-)
 from clipforge.checkpoints.torchscript import read_torchscript_weights
 from clipforge.models import CLIP, PRESETS, get_config
-from clipforge.models.config import OPENAI_PRESETS
+from clipforge.models.presets import CLIPFORGE_SPECS
 
 TOL = 1e-5
 
@@ -176,13 +176,27 @@ def test_openai_state_dict_save_loads_strictly_into_open_clip(tmp_path, kind):
     assert max(compare_open_clip(ours, fresh, images, text).values()) <= TOL
 
 
-@pytest.mark.parametrize("name", OPENAI_PRESETS)
-def test_infer_config_recovers_every_openai_preset(name):
+OPEN_CLIP_NAMES = [name for name in PRESETS if name not in CLIPFORGE_SPECS]
+
+
+@pytest.mark.parametrize("name", OPEN_CLIP_NAMES)
+def test_infer_config_recovers_every_open_clip_preset_with_the_activation_given(name, recwarn):
     with torch.device("meta"):
         model = CLIP(get_config(name))
     state_dict = clipforge_to_openai(model.state_dict())
-    assert infer_config(state_dict) == PRESETS[name]
+    activation = PRESETS[name].activation
+    assert infer_config(state_dict, activation) == PRESETS[name]  # heads (ViT-H: 16 of 80) from the preset
+    other = "gelu" if activation == "quick_gelu" else "quick_gelu"
+    assert infer_config(state_dict, other).activation == other  # never overridden by a shape match
     assert openai_to_clipforge(state_dict).keys() == model.state_dict().keys()
+    assert not [w for w in recwarn if "head counts" in str(w.message)]
+
+
+def test_infer_config_warns_when_heads_are_a_guess():
+    reference = tiny_open_clip("vit", seed=0)  # shapes of no preset
+    with pytest.warns(UserWarning, match="does not record its head counts.*no preset has its shapes"):
+        config = infer_config(reference.state_dict(), "quick_gelu")
+    assert config.vision.num_heads == 128 // 64 and config.text.heads == 128 // 64
 
 
 # --- open_clip -------------------------------------------------------------------------------

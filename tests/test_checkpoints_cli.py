@@ -6,8 +6,8 @@ import json
 
 import torch
 
+from benchmarks.references import compare_open_clip, sample_inputs, tiny_open_clip, trace_open_clip
 from clipforge.checkpoints import load_any, load_model_file, save
-from clipforge.checkpoints.parity import compare_open_clip, sample_inputs, tiny_open_clip, trace_open_clip
 from clipforge.cli import main as cli
 from clipforge.models import CLIP, get_config
 

@@ -10,10 +10,10 @@ import threading
 import pytest
 import torch
 
+from benchmarks.references import compare_open_clip, sample_inputs, tiny_open_clip, trace_open_clip
 from clipforge.checkpoints import load_pretrained, registry
 from clipforge.checkpoints.download import ChecksumError, cache_dir, download
 from clipforge.checkpoints.openai import infer_config
-from clipforge.checkpoints.parity import compare_open_clip, sample_inputs, tiny_open_clip, trace_open_clip
 from clipforge.checkpoints.torchscript import read_torchscript_weights
 from clipforge.models.config import OPENAI_PRESETS, PRESETS
 
@@ -130,11 +130,14 @@ def test_load_pretrained_downloads_a_torchscript_file(server, tmp_path, monkeypa
     trace_open_clip(reference, tmp_path / "tiny.pt")
     data = (tmp_path / "tiny.pt").read_bytes()
     server.files["/clip/tiny-openai.pt"] = data
-    entry = registry.PretrainedEntry("tiny-openai", "openai", server.url("/clip/tiny-openai.pt"), _sha(data))
+    entry = registry.PretrainedEntry(
+        "tiny-openai", "openai", server.url("/clip/tiny-openai.pt"), _sha(data), "quick_gelu"
+    )
     monkeypatch.setitem(registry.PRETRAINED, ("tiny-openai", "openai"), entry)
     monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CLIPFORGE_OFFLINE", raising=False)
-    config = infer_config(read_torchscript_weights(tmp_path / "tiny.pt"))
+    with pytest.warns(UserWarning, match="head counts"):  # tiny shapes: no preset, heads are OpenAI's default
+        config = infer_config(read_torchscript_weights(tmp_path / "tiny.pt"), "quick_gelu")
     monkeypatch.setitem(PRESETS, "tiny-openai", config)
     model = load_pretrained("tiny-openai", "openai")
     images, text = sample_inputs(model, 2)

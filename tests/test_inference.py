@@ -2,7 +2,7 @@
 
 import torch
 
-from clipforge.checkpoints.parity import randomize_, sample_inputs
+from benchmarks.references import randomize_, sample_inputs
 from clipforge.models import CLIP, get_config
 from clipforge.models.inference import optimize_for_inference
 

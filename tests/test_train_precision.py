@@ -69,3 +69,21 @@ def test_fit_on_gpu(tmp_path, precision):
     results = fit(load_config(TrainConfig, None, [*TINY, f"precision={precision}", f"output_dir={tmp_path}"]))
     assert results["precision"] == precision and results["steps"] == 3
     assert 0 < results["final_loss"] < 10
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse avx2 fma", "fp32"),
+        ("fpu avx512f avx512_bf16", "fp32"),
+        ("fpu avx512_bf16 amx_bf16 amx_tile", "bf16"),
+    ],
+)
+def test_auto_precision_on_cpu_needs_amx(monkeypatch, tmp_path, flags, expected):
+    """AVX512-BF16 without AMX runs bf16 matmuls slower than fp32: auto must stay fp32 there."""
+    import clipforge.device as device
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(device, "Path", lambda _: cpuinfo)
+    assert device.resolve_precision("auto", torch.device("cpu")) == expected

@@ -27,6 +27,7 @@ COMMON = [
     "log.progress=false",
     "log.plot=false",
     "device=cpu",
+    "precision=fp32",  # the comparison is about ranks, not about auto precision
 ]
 
 

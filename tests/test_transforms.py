@@ -10,16 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from clipforge.decode import ImageError, convert_rgb, sixteen_bit_to_l
 from clipforge.models.config import PreprocessConfig
-from clipforge.transforms import (
-    Preprocess,
-    TrainPreprocess,
-    _convert_rgb,
-    image_transform,
-    load_image,
-    sixteen_bit_to_l,
-    to_rgb,
-)
+from clipforge.transforms import Preprocess, TrainPreprocess, image_transform, load_image, to_rgb
 
 CONFIG = PreprocessConfig()
 REFERENCE = open_clip.image_transform(224, is_train=False)
@@ -137,7 +130,7 @@ def test_load_image_draft(shared_data, images):
     assert diff.mean().item() < 0.05 and diff.flatten().quantile(0.99).item() < 0.3
     png = shared_data / "clip_assets" / "CLIP.png"
     assert load_image(png, 100).size == (2162, 762)  # not a JPEG: decoded as is
-    with pytest.raises(OSError, match="missing.jpg"):
+    with pytest.raises(ImageError, match="missing.jpg: no such file"):
         load_image(shared_data / "missing.jpg", 224)
 
 
@@ -147,4 +140,23 @@ def test_premultiplied_la_and_bad_modes():
     assert premultiplied.mode == "La"  # open_clip fails on it: PIL has no La -> RGB conversion
     assert max_diff(Preprocess(CONFIG)(premultiplied), REFERENCE(grey_alpha)) <= 1.5 / 255 / min(CONFIG.std)
     with pytest.raises(ValueError, match="mode 'La'"):
-        _convert_rgb(premultiplied)
+        convert_rgb(premultiplied)
+
+
+def test_random_resized_crop_box_draws_as_torchvision():
+    from torchvision.transforms import RandomResizedCrop
+
+    from clipforge.transforms import random_resized_crop_box
+
+    for seed, (width, height), scale, ratio in [
+        (0, (640, 426), (0.9, 1.0), (3 / 4, 4 / 3)),
+        (1, (50, 300), (0.08, 1.0), (3 / 4, 4 / 3)),  # a tall strip: misses, then the clamped centre crop
+        (2, (300, 40), (0.9, 1.0), (3 / 4, 4 / 3)),
+        (3, (224, 224), (0.5, 0.7), (0.5, 2.0)),
+    ]:
+        image = Image.new("RGB", (width, height))
+        for draw in range(20):
+            torch.manual_seed(seed * 100 + draw)
+            want = RandomResizedCrop.get_params(image, list(scale), list(ratio))
+            torch.manual_seed(seed * 100 + draw)
+            assert random_resized_crop_box((width, height), scale, ratio) == tuple(want), (seed, draw)

@@ -19,11 +19,14 @@ _EXPORTS = {
     "create_model_and_transforms": "clipforge.factory",
     "list_models": "clipforge.factory",
     "load": "clipforge.factory",
+    "load_model": "clipforge.factory",
     "image_transform": "clipforge.transforms",
+    "open_image": "clipforge.decode",
 }
 
 if TYPE_CHECKING:
-    from clipforge.factory import create_model, create_model_and_transforms, list_models, load
+    from clipforge.decode import open_image
+    from clipforge.factory import create_model, create_model_and_transforms, list_models, load, load_model
     from clipforge.models import CLIP, CLIPConfig, CLIPOutput, get_config
     from clipforge.transforms import image_transform
 
@@ -61,5 +64,7 @@ __all__ = [
     "image_transform",
     "list_models",
     "load",
+    "load_model",
+    "open_image",
     "tokenize",
 ]

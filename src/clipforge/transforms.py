@@ -10,48 +10,20 @@ and 16-bit images, which PIL's RGB conversion clips to white instead of scaling.
 
 from __future__ import annotations
 
+import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from clipforge.decode import convert_rgb, open_image, to_resizable, to_rgb
 from clipforge.models.config import PreprocessConfig
 
+__all__ = ["Preprocess", "TrainPreprocess", "image_transform", "load_image", "to_resizable", "to_rgb"]
+
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-CONVERT_BEFORE_RESIZE = {"P": "RGB", "PA": "RGBA", "1": "L", "La": "LA"}
-
-
-def sixteen_bit_to_l(image: Image.Image) -> Image.Image:
-    """16-bit grey (I;16*, or I with values above 255) -> 8-bit L, scaling 0..65535 to 0..255 with rounding."""
-    values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
-
-
-def to_resizable(image: Image.Image) -> Image.Image:
-    """The image in a mode whose pixel values PIL can interpolate; unchanged for the common modes."""
-    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.getextrema()[1] > 255):
-        return sixteen_bit_to_l(image)
-    target = CONVERT_BEFORE_RESIZE.get(image.mode)
-    return image.convert(target) if target else image
-
-
-def _convert_rgb(image: Image.Image) -> Image.Image:
-    """PIL's RGB conversion (alpha dropped, as OpenAI's `_convert_image_to_rgb`), with a clear error."""
-    if image.mode == "RGB":
-        return image
-    try:
-        return image.convert("RGB")
-    except ValueError as error:
-        raise ValueError(f"cannot convert a PIL image of mode {image.mode!r} to RGB: {error}") from error
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB, scaling 16-bit images instead of clipping them."""
-    return _convert_rgb(to_resizable(image))
 
 
 def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
@@ -82,7 +54,7 @@ class _Normalise:
 
     def to_tensor(self, image: Image.Image) -> Tensor:
         """`image` must already have gone through `to_resizable` (before resizing: overshoot may exceed 255)."""
-        array = np.asarray(_convert_rgb(image), dtype=np.float32) / np.float32(255)  # (H, W, 3)
+        array = np.asarray(convert_rgb(image), dtype=np.float32) / np.float32(255)  # (H, W, 3)
         tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
         return (tensor - self._mean) / self._std
 
@@ -102,11 +74,38 @@ class Preprocess(_Normalise):
         return f"Preprocess({self.config})"
 
 
+def random_resized_crop_box(
+    image_size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop, drawn from torch's global RNG exactly as torchvision's
+    `RandomResizedCrop.get_params` draws it (same calls, same order), so torchvision is not needed."""
+    width, height = image_size
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = torch.randint(0, height - h + 1, size=(1,)).item()
+            left = torch.randint(0, width - w + 1, size=(1,)).item()
+            return top, left, h, w
+    in_ratio = width / height  # ten misses: the central crop clamped to the ratio range
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 class TrainPreprocess(_Normalise):
     """Train transform: random resized crop (area fraction `scale`, aspect `ratio`, torch RNG) then normalise.
 
-    Draws crops with torchvision's RandomResizedCrop.get_params, so a seeded run crops exactly as
-    open_clip's default train transform (scale (0.9, 1.0)).
+    Draws crops as torchvision's RandomResizedCrop.get_params does (`random_resized_crop_box`), so a seeded
+    run crops exactly as open_clip's default train transform (scale (0.9, 1.0)).
     """
 
     def __init__(
@@ -120,11 +119,9 @@ class TrainPreprocess(_Normalise):
         self.ratio = tuple(ratio)
 
     def __call__(self, image: Image.Image) -> Tensor:
-        from torchvision.transforms import RandomResizedCrop  # lazy: keeps `import clipforge` light
-
         image = to_resizable(image)
         size = self.config.image_size
-        top, left, height, width = RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        top, left, height, width = random_resized_crop_box(image.size, self.scale, self.ratio)
         image = image.crop((left, top, left + width, top + height))
         if image.size != (size, size):
             image = image.resize((size, size), _RESAMPLE[self.config.interpolation])
@@ -142,16 +139,7 @@ def image_transform(
 
 
 def load_image(path: str | os.PathLike, target_size: int | None = None, draft: bool = True) -> Image.Image:
-    """Open and decode an image. For a JPEG with `draft`, decode at 1/2, 1/4 or 1/8 scale (libjpeg DCT
-    scaling) as long as both sides stay >= target_size, so a shorter-side resize to target_size still
-    only downsamples. 2-4x faster on photos; see docs/transforms.md for the pixel differences.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            if draft and target_size and image.format == "JPEG":
-                image.draft(image.mode, (target_size, target_size))
-            image.load()
-    except OSError as error:
-        raise OSError(f"{path}: cannot read image: {error}") from error
-    return image
+    """`clipforge.decode.open_image` with a JPEG draft decode to `target_size` when `draft` (1/2, 1/4 or
+    1/8 scale while both sides stay >= target_size, so a shorter-side resize still only downsamples;
+    2-4x faster on photos; see docs/transforms.md for the pixel differences)."""
+    return open_image(path, draft_size=target_size if draft else None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from clipforge.apps.inputs import ImageError, open_image
+from clipforge.decode import ImageError, open_image
 
 
 @dataclass

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clipforge.apps.inputs import ImageError, collect_images, is_image_path, open_image
+from clipforge.apps.inputs import collect_images, is_image_path
+from clipforge.decode import ImageError, open_image
+from clipforge.extras import require
 from clipforge.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 Item = tuple[dict, object]  # (metadata row, payload: image path / BytesIO, or text str)
@@ -186,8 +188,8 @@ def shard_paths(out_dir: Path, index: int, metadata_format: str) -> tuple[Path, 
 
 def write_metadata(path: Path, rows: list[dict]) -> None:
     if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        pa = require("pyarrow", "parquet metadata (or use --metadata jsonl)")
+        pq = require("pyarrow.parquet", "parquet metadata (or use --metadata jsonl)")
 
         table = pa.Table.from_pylist(rows) if rows else pa.table({"path": pa.array([], pa.string())})
         atomic_write(path, lambda f: pq.write_table(table, f))
@@ -197,7 +199,7 @@ def write_metadata(path: Path, rows: list[dict]) -> None:
 
 def read_metadata(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        pq = require("pyarrow.parquet", "reading parquet metadata")
 
         return pq.read_table(path).to_pylist()
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from clipforge.extras import require
 from clipforge.fileio import atomic_write_json, atomic_write_text
 
 EXACT_MAX = 50_000
@@ -39,7 +40,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def build_faiss(vectors: np.ndarray, kind: str = "auto", *, nprobe: int | None = None, seed: int = 0):
     """Build and fill an inner-product index over unit rows of `vectors` (N, E); returns (index, params)."""
-    import faiss
+    faiss = require("faiss", "building an index")
 
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
@@ -77,7 +78,7 @@ def build_faiss(vectors: np.ndarray, kind: str = "auto", *, nprobe: int | None =
 
 def recall_at_k(index, vectors: np.ndarray, k: int = 10, num_queries: int = 1000, seed: int = 0) -> float:
     """Mean |approx top-k ∩ exact top-k| / k over a sample of the indexed vectors used as queries."""
-    import faiss
+    faiss = require("faiss", "building an index")
 
     vectors = _unit(vectors)
     rng = np.random.default_rng(seed)
@@ -93,7 +94,7 @@ def recall_at_k(index, vectors: np.ndarray, k: int = 10, num_queries: int = 1000
 
 def write_thumbnails(out_dir: Path, metadata: list[dict], info: dict, progress: bool) -> int:
     """thumbs/<row:08d>.jpg for rows whose image file is known (folder or table sources)."""
-    from clipforge.apps.inputs import ImageError, open_image
+    from clipforge.decode import ImageError, decode_rgb
 
     root, column = info.get("image_root"), info.get("image_column")
     if root and column:
@@ -109,7 +110,7 @@ def write_thumbnails(out_dir: Path, metadata: list[dict], info: dict, progress: 
         target = thumbs / f"{row_id:08d}.jpg"
         if not target.exists():
             try:
-                image = open_image(source)
+                image = decode_rgb(source)
             except (ImageError, OSError):
                 continue
             image.thumbnail((THUMB_SIZE, THUMB_SIZE))
@@ -141,7 +142,7 @@ def build_index_dir(
     progress: bool = True,
 ) -> dict:
     """`clipforge embed` output -> index folder; returns the report written to index.json."""
-    import faiss
+    faiss = require("faiss", "building an index")
 
     from clipforge.apps.embed import load_embeddings
 

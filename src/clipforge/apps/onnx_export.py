@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from clipforge.extras import require
 from clipforge.fileio import atomic_write_json
 
 OPSET = 17
@@ -164,7 +165,7 @@ class OnnxCLIP:
     """onnxruntime sessions for the two towers, with CLIP's encode_image / encode_text signatures."""
 
     def __init__(self, image_path: str | os.PathLike, text_path: str | os.PathLike, threads: int | None = 1):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "running ONNX models")
 
         options = session_options(threads)
         providers = ["CPUExecutionProvider"]

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
+from clipforge.decode import open_image
+from clipforge.extras import require
 
 
 @dataclass
@@ -33,7 +37,7 @@ class SearchIndex:
     """A loaded index folder (see clipforge.apps.index); read-only."""
 
     def __init__(self, folder: str | os.PathLike):
-        import faiss
+        faiss = require("faiss", "searching an index")
 
         self.folder = Path(folder).resolve()
         index_path = self.folder / "index.faiss"
@@ -84,7 +88,8 @@ class SearchIndex:
 
 @torch.inference_mode()
 def query_embedding(model, preprocess=None, text: str | None = None, image=None) -> np.ndarray:
-    """(E,) unit query: the text's embedding, the image's (PIL), or the normalised sum of both."""
+    """(E,) unit query: the text's embedding, the image's, or the normalised sum of both. `image` is a PIL
+    image or anything `clipforge.decode.open_image` reads (a path, bytes), decoded the one exact way."""
     if text is None and image is None:
         raise ValueError("give a text query, an image query, or both")
     device = next(model.parameters()).device
@@ -96,11 +101,13 @@ def query_embedding(model, preprocess=None, text: str | None = None, image=None)
     if image is not None:
         if preprocess is None:
             raise ValueError("an image query needs the model's preprocess")
+        if not isinstance(image, Image.Image):
+            image = open_image(image)
         parts.append(model.encode_image(preprocess(image)[None].to(device), normalize=True)[0].float().cpu())
     vector = torch.stack(parts).sum(0)
     return torch.nn.functional.normalize(vector, dim=0).numpy()
 
 
 def search(index: SearchIndex, model, preprocess=None, *, text=None, image=None, k: int = 10) -> list[Hit]:
-    """Python API: one query (text / PIL image / both) -> top-k hits."""
+    """Python API: one query (text / image: PIL, path or bytes / both) -> top-k hits."""
     return index.search(query_embedding(model, preprocess, text=text, image=image), k)[0]

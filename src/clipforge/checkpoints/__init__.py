@@ -8,6 +8,8 @@ Front door: `load_any(path)` (auto-detects the format), `load_pretrained(name, t
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -134,11 +136,25 @@ def load_pretrained(
     ]
     if str(tag_or_path) in tags:
         entry = get_pretrained(name_or_config, str(tag_or_path))
+        config = _with_weights_activation(config, entry, str(name_or_config))
         return load_any(download(entry.url, entry.sha256, offline=offline), config)
     raise FileNotFoundError(
         f"{tag_or_path}: neither a checkpoint path nor a pretrained tag for {name_or_config!r} "
         f"(tags: {', '.join(tags) or 'none'})"
     )
+
+
+def _with_weights_activation(config: CLIPConfig, entry, name: str) -> CLIPConfig:
+    """The weights' own activation wins: a GELU model with QuickGELU-trained weights gives wrong outputs."""
+    if entry.activation == config.activation:
+        return config
+    warnings.warn(
+        f"{name!r} means {config.activation} (open_clip's naming) but the {entry.tag!r} weights were trained with "
+        f"{entry.activation}; using {entry.activation}. Name the model "
+        f"{canonical_name(name) + ('-quickgelu' if entry.activation == 'quick_gelu' else '')!r} to silence this.",
+        stacklevel=3,
+    )
+    return replace(config, activation=entry.activation)
 
 
 def save(model: CLIP, path: str | os.PathLike, fmt: str = "clipforge") -> Path:

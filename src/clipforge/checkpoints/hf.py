@@ -177,12 +177,7 @@ def config_from_hf(data: dict, source: str | os.PathLike) -> CLIPConfig:
         init_logit_scale=data.get("logit_scale_init_value", 2.6592),
         preprocess=PreprocessConfig(image_size=vision.image_size),
     )
-    preset = match_preset(config)
-    same_heads = preset is not None and (preset.vision.num_heads, preset.text.heads) == (
-        vision.num_heads,
-        text.heads,
-    )
-    return preset if same_heads and preset.activation == activation else config
+    return match_preset(config) or config  # the preset's preprocessing when heads and activation agree too
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:

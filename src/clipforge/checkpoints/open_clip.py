@@ -2,8 +2,9 @@
 ({"state_dict": ..., "epoch": ...}) with DDP "module." / torch.compile "_orig_mod." prefixes, or
 saved as `open_clip_model.safetensors`. Names are mapped by `clipforge.checkpoints.openai`.
 
-open_clip files do not record the activation: pass `config` (or `activation="gelu"` for models
-trained without QuickGELU); the default is QuickGELU, as in every OpenAI-trained model.
+open_clip files do not record the activation (nor head counts): pass `config` from the model name the file was
+built with (`ViT-B-32` = GELU, `ViT-B-32-quickgelu` = QuickGELU, as in open_clip); without one, clipforge assumes
+QuickGELU and warns.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from torch import Tensor
 from clipforge.checkpoints.io import is_safetensors, read_safetensors, save_safetensors, torch_load_safe
 from clipforge.checkpoints.openai import (
     clipforge_to_openai,
-    infer_config,
     is_openai_layout,
     model_from_openai_state,
 )
@@ -52,14 +52,12 @@ def read_open_clip_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return unwrap_state_dict(obj, path)
 
 
-def load_open_clip(
-    path: str | os.PathLike, config: CLIPConfig | None = None, activation: str = "quick_gelu"
-) -> CLIP:
+def load_open_clip(path: str | os.PathLike, config: CLIPConfig | None = None) -> CLIP:
     """A CLIP model from an open_clip checkpoint (plain, training-wrapped or safetensors)."""
     state_dict = read_open_clip_state_dict(path)
     if not is_openai_layout(state_dict):
         raise ValueError(f"{path}: not an open_clip CLIP state_dict; first keys: {list(state_dict)[:5]}")
-    return model_from_openai_state(state_dict, config or infer_config(state_dict, activation), path)
+    return model_from_openai_state(state_dict, config, path)
 
 
 def save_open_clip(model: CLIP, path: str | os.PathLike) -> Path:

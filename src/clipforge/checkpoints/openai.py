@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ from clipforge.checkpoints.io import (
 from clipforge.checkpoints.torchscript import read_torchscript_weights
 from clipforge.fileio import atomic_write
 from clipforge.models import CLIP, PRESETS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+from clipforge.models.config import Activation
 
 # Keys that are not weights: the TorchScript archives' scalars and the causal-mask buffer.
 IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -87,22 +90,41 @@ def _count_blocks(state_dict: dict[str, Tensor], prefix: str) -> int:
     return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
 
 
-def infer_config(state_dict: dict[str, Tensor], activation: str = "quick_gelu") -> CLIPConfig:
-    """The architecture of an OpenAI-layout state_dict, from tensor shapes alone.
+def infer_config(state_dict: dict[str, Tensor], activation: Activation) -> CLIPConfig:
+    """The architecture of an OpenAI-layout state_dict: shapes from its tensors, `activation` as given (never
+    overridden). What shapes cannot show -- head counts and preprocessing -- comes from the preset with these
+    shapes; with no such preset, heads are guessed at OpenAI's 64 dims per head and a warning says so."""
+    config = _config_from_shapes(state_dict, activation)
+    candidates = {
+        _hidden_signature(p): p for p in PRESETS.values() if _shape_signature(p) == _shape_signature(config)
+    }
+    if len(candidates) == 1:
+        preset = next(iter(candidates.values()))
+        return replace(preset, activation=activation)
+    if candidates:
+        found = "; ".join(f"{v} vision / {t} text heads" for v, t, _ in candidates)
+        reason = f"its shapes fit {len(candidates)} presets that differ in what shapes cannot show ({found})"
+    else:
+        reason = "no preset has its shapes"
+    warnings.warn(
+        f"the state_dict does not record its head counts and {reason}; assumed {config.vision.num_heads} "
+        f"vision / {config.text.heads} text heads (64 dims each, OpenAI's convention). If the model was built "
+        "with other head widths its outputs will be wrong: pass its model name or config.",
+        stacklevel=3,
+    )
+    return config
 
-    Returns the matching preset when one has these shapes (so its heads, activation and preprocessing
-    come along); otherwise a config with OpenAI's conventions (64-dim heads) and `activation`."""
-    sd = state_dict
+
+def _config_from_shapes(sd: dict[str, Tensor], activation: Activation) -> CLIPConfig:
     embed_dim = sd["text_projection"].shape[1]
     text_width = sd["ln_final.weight"].shape[0]
-    text_mlp = sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width
     text = TextConfig(
         context_length=sd["positional_embedding"].shape[0],
         vocab_size=sd["token_embedding.weight"].shape[0],
         width=text_width,
         heads=max(text_width // 64, 1),
         layers=_count_blocks(sd, "transformer.resblocks."),
-        mlp_ratio=text_mlp,
+        mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width,
     )
     if "visual.proj" in sd:
         width = sd["visual.conv1.weight"].shape[0]
@@ -114,26 +136,28 @@ def infer_config(state_dict: dict[str, Tensor], activation: str = "quick_gelu") 
             width=width,
             layers=_count_blocks(sd, "visual.transformer.resblocks."),
             patch_size=patch,
+            heads=max(width // 64, 1),
             mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
         )
     elif "visual.attnpool.positional_embedding" in sd:
         grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        width = sd["visual.layer1.0.conv1.weight"].shape[0]
         vision = VisionConfig(
             kind="resnet",
             image_size=grid * 32,
-            width=sd["visual.layer1.0.conv1.weight"].shape[0],
+            width=width,
             layers=tuple(_count_blocks(sd, f"visual.layer{i}.") for i in range(1, 5)),
+            heads=width * 32 // 64,
         )
     else:
         raise ValueError("state_dict has neither visual.proj (ViT) nor visual.attnpool (ResNet) weights")
-    config = CLIPConfig(
+    return CLIPConfig(
         embed_dim=embed_dim,
         vision=vision,
         text=text,
         activation=activation,
         preprocess=PreprocessConfig(image_size=vision.image_size),
     )
-    return match_preset(config) or config
 
 
 def _shape_signature(config: CLIPConfig) -> tuple:
@@ -142,10 +166,23 @@ def _shape_signature(config: CLIPConfig) -> tuple:
             t.context_length, t.vocab_size, t.width, t.layers, t.mlp_ratio)  # fmt: skip
 
 
+def _hidden_signature(config: CLIPConfig) -> tuple:
+    """What a state_dict cannot show, activation aside: heads and preprocessing."""
+    return (config.vision.num_heads, config.text.heads, config.preprocess)
+
+
 def match_preset(config: CLIPConfig) -> CLIPConfig | None:
-    """The preset with the same tensor shapes as `config` (heads/activation are not visible in shapes)."""
-    signature = _shape_signature(config)
-    return next((preset for preset in PRESETS.values() if _shape_signature(preset) == signature), None)
+    """The preset with the same tensor shapes, heads and activation as `config`, if any."""
+    return next(
+        (
+            preset
+            for preset in PRESETS.values()
+            if _shape_signature(preset) == _shape_signature(config)
+            and _hidden_signature(preset)[:2] == _hidden_signature(config)[:2]
+            and preset.activation == config.activation
+        ),
+        None,
+    )
 
 
 def preset_name(config: CLIPConfig) -> str | None:
@@ -168,22 +205,42 @@ def read_openai_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def model_from_openai_state(
-    state_dict: dict[str, Tensor], config: CLIPConfig | None, source: str | os.PathLike
+    state_dict: dict[str, Tensor],
+    config: CLIPConfig | None,
+    source: str | os.PathLike,
+    activation: Activation | None = None,
 ) -> CLIP:
+    """`config` (from a model name) fixes everything; without it the architecture comes from the shapes and
+    `activation` -- or, when the caller cannot know it (a bare state_dict records none), QuickGELU with a
+    warning, since a GELU-trained open_clip model would then give wrong outputs."""
     if not is_openai_layout(state_dict):
         raise ValueError(
             f"{source}: not an OpenAI/open_clip-layout state_dict (no 'text_projection' and "
             f"'token_embedding.weight'); first keys: {list(state_dict)[:5]}"
         )
-    config = config or infer_config(state_dict)
+    if config is None:
+        if activation is None:
+            warnings.warn(
+                f"{source}: the file does not record its activation; assumed QuickGELU (OpenAI's weights). "
+                "open_clip models built from a plain config name (e.g. 'ViT-B-32', as LAION/DataComp/DFN/"
+                "MetaCLIP weights are) use GELU: give the name, e.g. clipforge.load(path, model='ViT-B-32') "
+                "or create_model_and_transforms('ViT-B-32', pretrained=path); use 'ViT-B-32-quickgelu' "
+                "to confirm QuickGELU and silence this warning.",
+                stacklevel=3,
+            )
+            activation = "quick_gelu"
+        config = infer_config(state_dict, activation)
     return model_from_state(config, openai_to_clipforge(state_dict), source)
 
 
 def load_openai(path: str | os.PathLike, config: CLIPConfig | None = None) -> CLIP:
     """A CLIP model from an OpenAI checkpoint (TorchScript or state_dict), in the file's dtype.
 
-    The architecture is inferred from tensor shapes unless `config` is given."""
-    return model_from_openai_state(read_openai_state_dict(path), config, path)
+    The architecture is inferred from tensor shapes unless `config` is given. A TorchScript archive is one of
+    OpenAI's released files (QuickGELU); a bare state_dict does not say, see `model_from_openai_state`."""
+    path = Path(path)
+    activation = "quick_gelu" if path.is_file() and is_torchscript(path) else None
+    return model_from_openai_state(read_openai_state_dict(path), config, path, activation)
 
 
 def save_openai(model: CLIP, path: str | os.PathLike) -> Path:

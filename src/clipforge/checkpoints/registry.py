@@ -1,10 +1,13 @@
-"""Registry of OpenAI's public CLIP checkpoints. Each URL carries the file's SHA256 in its path."""
+"""Registry of public CLIP checkpoints: OpenAI's (each URL carries the file's SHA256 in its path).
+
+Each entry records the activation its weights were trained with: it wins over the activation of the model name
+the user gave (with a warning when they differ), since the weights are only right with their own."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clipforge.models.config import ALIASES
+from clipforge.models.config import ALIASES, Activation
 
 _BASE = "https://openaipublic.azureedge.net/clip/models"
 
@@ -15,6 +18,7 @@ class PretrainedEntry:
     tag: str
     url: str
     sha256: str
+    activation: Activation  # what the weights were trained with; wins over the model name's
 
     @property
     def filename(self) -> str:
@@ -22,7 +26,7 @@ class PretrainedEntry:
 
 
 def _openai(model: str, sha256: str, filename: str | None = None) -> PretrainedEntry:
-    return PretrainedEntry(model, "openai", f"{_BASE}/{sha256}/{filename or model}.pt", sha256)
+    return PretrainedEntry(model, "openai", f"{_BASE}/{sha256}/{filename or model}.pt", sha256, "quick_gelu")
 
 
 PRETRAINED: dict[tuple[str, str], PretrainedEntry] = {

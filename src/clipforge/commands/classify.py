@@ -5,22 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clipforge.commands.options import add_model_args, load_model_from, user_path
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipforge classify", description=__doc__)
-    p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument(
+        "images", type=user_path, nargs="+", help="image files, folders (recursive) or glob patterns"
+    )
     p.add_argument("--labels", required=True, help="'cat,dog,bird' or a file with one label per line")
     p.add_argument("--templates", help="'a photo of a {}.|a drawing of a {}.' or a file, one per line")
-    p.add_argument("--model", default="ViT-B-32", help="preset name (default ViT-B-32)")
-    p.add_argument("--pretrained", help="weights tag for --model, e.g. 'openai'")
-    p.add_argument("--checkpoint", help="checkpoint file (any supported format); overrides --model")
-    p.add_argument("--device", default="auto")
+    add_model_args(p)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--output", help="write predictions to a .csv or .json file")
-    p.add_argument("--move-into", help="sort files into DIR/<label>/ (copies unless --move)")
+    p.add_argument("--output", type=user_path, help="write predictions to a .csv or .json file")
+    p.add_argument("--move-into", type=user_path, help="sort files into DIR/<label>/ (copies unless --move)")
     p.add_argument("--move", action="store_true", help="with --move-into: move files instead of copying")
-    p.add_argument("--no-cache", action="store_true", help="do not cache the label embeddings on disk")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not cache the label embeddings (default: cached under ~/.cache/clipforge)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     return p
 
@@ -29,7 +34,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from clipforge.apps.classify import classify_files, prediction_rows, sort_into, write_predictions
     from clipforge.apps.inputs import collect_images, parse_labels, parse_templates
-    from clipforge.apps.loading import load_model
     from clipforge.results import markdown_table
 
     if args.move and not args.move_into:
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     labels = parse_labels(args.labels)
     templates = parse_templates(args.templates)
     paths = collect_images(args.images)
-    model, preprocess = load_model(args.model, args.checkpoint, args.pretrained, args.device)
+    model, preprocess = load_model_from(args)
     report = classify_files(
         model,
         preprocess,
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         templates,
         top_k=args.top_k,
         batch_size=args.batch_size,
-        cache_dir=False if args.no_cache else None,
+        cache_dir=not args.no_cache,
         progress=not args.quiet,
     )
     rows = prediction_rows(report)

@@ -8,14 +8,15 @@ import torch
 
 from clipforge.checkpoints import FORMATS, detect_format, load_any, save
 from clipforge.checkpoints.openai import preset_name
+from clipforge.commands.options import user_path
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "keep": None}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="clipforge convert", description=__doc__)
-    parser.add_argument("src", help="checkpoint file or HF directory (format auto-detected)")
-    parser.add_argument("dst", help="output file (or directory for --to hf)")
+    parser.add_argument("src", type=user_path, help="checkpoint file or HF directory (format auto-detected)")
+    parser.add_argument("dst", type=user_path, help="output file (or directory for --to hf)")
     parser.add_argument("--to", required=True, choices=FORMATS, help="output format")
     parser.add_argument(
         "--model", default=None, help="preset name for OpenAI/open_clip files (default: inferred from shapes)"

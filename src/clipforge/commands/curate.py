@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from clipforge.commands.options import user_path
 from clipforge.curate.clean import CleanConfig, ClipSimilarity
 from clipforge.curate.pipeline import STAGES, CurateConfig, curate
 from clipforge.curate.queries import build_queries, save_queries
@@ -21,14 +22,24 @@ SHARED_DATA = Path(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipforge curate", description=__doc__)
     p.add_argument(
-        "--input", nargs="+", default=[], help="files, folders or globs (JSONL/CSV/TSV/Parquet/tar)"
+        "--input",
+        type=user_path,
+        nargs="+",
+        default=[],
+        help="files, folders or globs (JSONL/CSV/TSV/Parquet/tar)",
     )
-    p.add_argument("--out", help="output folder for shards, manifest, stats")
-    p.add_argument("--queries", help="query file, one per line")
+    p.add_argument("--out", type=user_path, help="output folder for shards, manifest, stats")
+    p.add_argument("--queries", type=user_path, help="query file, one per line")
     p.add_argument(
         "--build-queries", action="store_true", help="build queries from the inputs' captions (+ --word-list)"
     )
-    p.add_argument("--word-list", nargs="*", default=[], help="files of extra queries for --build-queries")
+    p.add_argument(
+        "--word-list",
+        type=user_path,
+        nargs="*",
+        default=[],
+        help="files of extra queries for --build-queries",
+    )
     p.add_argument(
         "--min-count", type=int, default=100, help="--build-queries: min corpus count of a word/n-gram"
     )
@@ -42,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per output shard")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--stage", choices=STAGES, default="all")
-    p.add_argument("--counts-dir", help="shared folder for per-rank pass-1 counts (multi-machine)")
+    p.add_argument(
+        "--counts-dir", type=user_path, help="shared folder for per-rank pass-1 counts (multi-machine)"
+    )
     p.add_argument("--timeout-s", type=float, default=10.0, help="per-URL fetch timeout")
     p.add_argument("--retries", type=int, default=2)
     p.add_argument("--min-caption-chars", type=int, default=5)
@@ -100,9 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     scorer = None
     if args.min_similarity is not None:
-        from clipforge.factory import create_model_and_transforms
+        from clipforge.factory import load_model
 
-        model, _, preprocess = create_model_and_transforms(args.model, args.pretrained)
+        model, preprocess = load_model(args.model, args.pretrained)
         scorer = ClipSimilarity(model, preprocess)
     stats = curate(config, scorer=scorer)
     print(

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from clipforge.commands.options import add_model_args, load_model_from, user_path
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipforge embed", description=__doc__)
     p.add_argument(
-        "source", help="image folder, .csv/.jsonl/.txt table, or WebDataset .tar[.gz] shards/folder"
+        "source",
+        type=user_path,
+        help="image folder, .csv/.jsonl/.txt table, or WebDataset .tar[.gz] shards/folder",
     )
-    p.add_argument("--out", required=True, help="output folder (reruns skip finished shards)")
+    p.add_argument("--out", type=user_path, required=True, help="output folder (reruns skip finished shards)")
     p.add_argument("--kind", choices=("image", "text"), default="image")
     p.add_argument("--column", help="table column with the image path (default 'path') or text ('text')")
-    p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--pretrained")
-    p.add_argument("--checkpoint")
-    p.add_argument("--device", default="auto")
+    add_model_args(p)
     p.add_argument("--shard-size", type=int, default=10_000, help="rows per output shard")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--metadata", choices=("parquet", "jsonl"), default="parquet")
@@ -28,11 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from clipforge.apps.embed import embed_source
-    from clipforge.apps.loading import load_model
 
     if args.shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
-    model, preprocess = load_model(args.model, args.checkpoint, args.pretrained, args.device)
+    model, preprocess = load_model_from(args)
     report = embed_source(
         model,
         preprocess,

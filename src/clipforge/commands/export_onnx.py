@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipforge.commands.options import add_model_args, model_spec, user_path
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipforge export-onnx", description=__doc__)
-    p.add_argument("--out", required=True, help="output folder for image.onnx, text.onnx, onnx.json")
-    p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--pretrained")
-    p.add_argument("--checkpoint")
+    p.add_argument(
+        "--out", type=user_path, required=True, help="output folder for image.onnx, text.onnx, onnx.json"
+    )
+    add_model_args(p, device=False)  # export traces on the CPU
     p.add_argument("--int8", action="store_true", help="also write int8 dynamically quantised towers")
     p.add_argument(
         "--eval-data",
+        type=user_path,
         help="ImageFolder root with classes.txt and test.csv (e.g. ../shared/data/cifar10)"
         " to report zero-shot top-1 of fp32 vs int8",
     )
@@ -33,7 +36,7 @@ def load_eval_set(root: Path, preprocess, limit: int):
 
     import torch
 
-    from clipforge.apps.inputs import open_image
+    from clipforge.decode import open_image
 
     classes = (root / "classes.txt").read_text().split()
     with (root / "test.csv").open() as f:
@@ -48,7 +51,6 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     import clipforge
-    from clipforge.apps.loading import load_model
     from clipforge.apps.onnx_export import (
         OnnxCLIP,
         export_towers,
@@ -56,12 +58,13 @@ def main(argv: list[str] | None = None) -> dict:
         quantize_int8,
         zeroshot_accuracy,
     )
+    from clipforge.factory import load_model
     from clipforge.results import markdown_table, write_results
 
     if args.smoke:
         torch.manual_seed(0)
         args.model, args.checkpoint, args.pretrained, args.eval_data = "tiny-vit", None, None, None
-    model, preprocess = load_model(args.model, args.checkpoint, args.pretrained, "cpu")
+    model, preprocess = load_model(*model_spec(args), device="cpu")
     out = Path(args.out)
     paths = export_towers(model, out)
     size = model.config.preprocess.image_size

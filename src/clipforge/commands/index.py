@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from clipforge.commands.options import user_path
+
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="clipforge index", description=__doc__)
-    p.add_argument("embeddings", help="folder written by `clipforge embed`")
-    p.add_argument("--out", required=True, help="index folder to create")
+    p.add_argument("embeddings", type=user_path, help="folder written by `clipforge embed`")
+    p.add_argument("--out", type=user_path, required=True, help="index folder to create")
     p.add_argument(
         "--kind",
         choices=("auto", "flat", "ivf", "hnsw", "ivfpq"),

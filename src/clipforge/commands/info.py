@@ -8,6 +8,7 @@ from collections import Counter
 
 from clipforge.checkpoints import detect_format, load_any, load_checkpoint
 from clipforge.checkpoints.openai import preset_name
+from clipforge.commands.options import user_path
 
 
 def describe_checkpoint(path: str, model_name: str | None = None) -> dict:
@@ -32,7 +33,7 @@ def describe_checkpoint(path: str, model_name: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="clipforge info", description=__doc__)
-    parser.add_argument("checkpoint", help="checkpoint file or HF directory")
+    parser.add_argument("checkpoint", type=user_path, help="checkpoint file or HF directory")
     parser.add_argument("--model", default=None, help="preset name for files without a config")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)

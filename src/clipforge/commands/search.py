@@ -5,30 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 
+from clipforge.commands.options import add_model_args, load_model_from, user_path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipforge search", description=__doc__)
+    p.add_argument("index", type=user_path, help="folder written by `clipforge index`")
+    p.add_argument("--text", help="text query")
+    p.add_argument("--image", type=user_path, help="image file query")
+    p.add_argument("-k", "--top-k", type=int, default=10)
+    add_model_args(p)  # must be the model that embedded the index
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="clipforge search", description=__doc__)
-    p.add_argument("index", help="folder written by `clipforge index`")
-    p.add_argument("--text", help="text query")
-    p.add_argument("--image", help="image file query")
-    p.add_argument("-k", "--top-k", type=int, default=10)
-    p.add_argument("--model", default="ViT-B-32", help="must be the model that embedded the index")
-    p.add_argument("--pretrained")
-    p.add_argument("--checkpoint")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
-    from clipforge.apps.inputs import open_image
-    from clipforge.apps.loading import load_model
+    args = build_parser().parse_args(argv)
     from clipforge.apps.search import SearchIndex, search
     from clipforge.results import markdown_table
 
     if not args.text and not args.image:
         raise ValueError("give --text, --image or both")
     index = SearchIndex(args.index)
-    model, preprocess = load_model(args.model, args.checkpoint, args.pretrained, args.device)
-    image = open_image(args.image) if args.image else None
-    hits = [h.to_dict() for h in search(index, model, preprocess, text=args.text, image=image, k=args.top_k)]
+    model, preprocess = load_model_from(args)
+    hits = [
+        h.to_dict() for h in search(index, model, preprocess, text=args.text, image=args.image, k=args.top_k)
+    ]
     if args.json:
         print(json.dumps(hits, indent=2))
     else:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from clipforge.commands.options import add_model_args, load_model_from, user_path
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipforge serve", description=__doc__)
-    p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--pretrained")
-    p.add_argument("--checkpoint")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--index", help="index folder from `clipforge index` (enables /search)")
+    add_model_args(p)
+    p.add_argument("--index", type=user_path, help="index folder from `clipforge index` (enables /search)")
     p.add_argument("--host", default="127.0.0.1", help="default loopback only; 0.0.0.0 to expose")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=8.0)
@@ -27,9 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     import torch
-    import uvicorn
 
-    from clipforge.apps.loading import load_model
+    from clipforge.extras import require
+
+    require("fastapi", "clipforge serve")
+    uvicorn = require("uvicorn", "clipforge serve")
+
     from clipforge.apps.serve import ServeLimits, create_app
 
     if args.threads > 0:
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
     )
-    model, preprocess = load_model(args.model, args.checkpoint, args.pretrained, args.device)
+    model, preprocess = load_model_from(args)
     app = create_app(model, preprocess, args.index, limits, model_name=args.checkpoint or args.model)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return {"host": args.host, "port": args.port}

@@ -25,6 +25,8 @@ import regex
 from PIL import Image
 
 from clipforge.curate.matcher import normalize_text
+from clipforge.decode import ImageError, exif_orientation, open_image
+from clipforge.transforms import to_rgb
 
 THUMB_SIDE = 16
 _NOT_ASCII_LETTER = re.compile(r"[^A-Za-z]+")
@@ -109,28 +111,35 @@ class CheckedImage:
 
 
 def check_image(data: bytes, config: CleanConfig) -> tuple[str | None, CheckedImage | None]:
-    """Decode once: (reason, None) for unusable bytes, else (None, JPEG bytes + thumbnail embedding)."""
+    """Decode once (clipforge.decode: limits, EXIF orientation): (reason, None) for unusable bytes, else
+    (None, JPEG bytes + thumbnail embedding). A JPEG is kept byte for byte (its EXIF orientation with it);
+    any other image is stored as the JPEG of exactly the RGB image the exact transform would see."""
     is_jpeg = data[:3] == b"\xff\xd8\xff"
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if is_jpeg:  # decode at 1/2..1/8 scale (DCT scaling): the whole stream is still read and checked
-            image.draft("RGB", (THUMB_SIDE * 8, THUMB_SIDE * 8))
-        image.load()
-    except Exception:  # PIL raises many types for broken files; all mean the same here
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size  # before the draft decode below shrinks it
+        # a JPEG decodes at 1/2..1/8 scale (DCT scaling): the whole stream is still read and checked
+        image = open_image(data, draft_size=THUMB_SIDE * 8 if is_jpeg else None)
+    except ImageError as error:
+        return ("image_too_large" if error.reason == "too_large" else "image_unreadable"), None
+    except Exception:  # PIL raises many types for broken headers; all mean the same here
         return "image_unreadable", None
+    if exif_orientation(data) in (5, 6, 7, 8):  # stored rotated by a quarter turn
+        width, height = height, width
     if min(width, height) < config.min_image_side:
         return "image_too_small", None
+    rgb = to_rgb(image)
     if is_jpeg:
         jpeg = data
     else:
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=95)
+        rgb.save(buffer, format="JPEG", quality=95)
         jpeg = buffer.getvalue()
-    return None, CheckedImage(jpeg, width, height, thumbnail_embedding(image))
+    return None, CheckedImage(jpeg, width, height, thumbnail_embedding(rgb))
 
 
 def thumbnail_embedding(image: Image.Image) -> np.ndarray:
+    """(THUMB_SIDE**2,) grey thumbnail, mean removed, unit norm, of an RGB (or L) image."""
     grey = image.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
     vector = np.asarray(grey, np.float32).reshape(-1)
     vector = vector - vector.mean()
@@ -185,7 +194,7 @@ class ClipSimilarity:
 
         with torch.inference_mode():
             text = encode_texts(self.model, list(captions), batch_size=self.batch_size, normalize=True)
-            images = torch.stack([self.preprocess(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
+            images = torch.stack([self.preprocess(open_image(j)) for j in jpegs])
             image = torch.cat(
                 [self.model.encode_image(chunk, normalize=True) for chunk in images.split(self.batch_size)]
             )

@@ -188,20 +188,11 @@ def curate(config: CurateConfig, fetcher: Fetcher | None = None, scorer: Scorer 
     _WORKER.clear()
     _WORKER.update(config=config, matcher=matcher)
     timings: dict[str, float] = {}
-
     if config.stage in ("all", "count"):
         t0 = time.perf_counter()
-        local = np.zeros(len(queries), np.int64)
-        input_pairs = 0
-        for counts, pairs in tqdm(
-            _map_in_order(_count_file, files, config.num_workers),
-            total=len(files),
-            desc=f"count r{rank}",
-            unit="file",
-        ):
-            local += counts
-            input_pairs += pairs
-        QueryCounts(len(queries), local).save(_counts_path(counts_dir, rank, world_size))
+        input_pairs = _count_stage(
+            config, files, len(queries), _counts_path(counts_dir, rank, world_size), rank
+        )
         timings["count_s"] = time.perf_counter() - t0
         if config.stage == "count":
             return {
@@ -212,10 +203,41 @@ def curate(config: CurateConfig, fetcher: Fetcher | None = None, scorer: Scorer 
                 "counts": str(_counts_path(counts_dir, rank, world_size)),
                 "timings": timings,
             }
-
     before = _global_counts(counts_dir, world_size, len(queries), config.barrier_timeout_s)
+    t0 = time.perf_counter()
+    suffix = f"-r{rank:05d}" if world_size > 1 else ""
+    writer = ShardWriter(output_dir, f"{config.prefix}{suffix}", config.samples_per_shard)
+    after, drops = QueryCounts(len(queries)), Counter()
+    input_pairs = _select_stage(config, files, before, fetcher, scorer, matcher, writer, after, drops, rank)
+    timings["select_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - started
+    manifest = writer.finish(f"manifest{suffix}.json", {"rank": rank, "world_size": world_size})
+    stats = _stats(config, rank, world_size, len(files), input_pairs, writer.total, drops, before, after.counts,
+                   timings, manifest)  # fmt: skip
+    _write_reports(output_dir, suffix, stats, queries, before, after.counts, config.cap)
+    return stats
+
+
+def _count_stage(config: CurateConfig, files: list, num_queries: int, counts_path: Path, rank: int) -> int:
+    """Stage 1: per-query caption counts of this rank's files, saved for every rank to sum; returns pairs read."""
+    local = np.zeros(num_queries, np.int64)
+    input_pairs = 0
+    progress = tqdm(_map_in_order(_count_file, files, config.num_workers), total=len(files),
+                    desc=f"count r{rank}", unit="file")  # fmt: skip
+    for counts, pairs in progress:
+        local += counts
+        input_pairs += pairs
+    QueryCounts(num_queries, local).save(counts_path)
+    return input_pairs
+
+
+def _select_stage(
+    config, files, before, fetcher, scorer, matcher, writer, after, drops: Counter, rank: int
+) -> int:
+    """Stage 2: balance, fetch and clean each file's pairs (workers spool them), then dedup, score and write
+    them in file order; `after` and `drops` are filled in. Returns the pairs read."""
     http = HttpFetcher(timeout_s=config.fetch_timeout_s, retries=config.fetch_retries)
-    spool_dir = output_dir / f".spool-r{rank:05d}"
+    spool_dir = Path(config.output_dir) / f".spool-r{rank:05d}"
     spool_dir.mkdir(parents=True, exist_ok=True)
     _WORKER.update(
         counts=before.tolist(),
@@ -223,44 +245,19 @@ def curate(config: CurateConfig, fetcher: Fetcher | None = None, scorer: Scorer 
         spool_dir=str(spool_dir),
         fetcher=fetcher or AutoFetcher(http=http),
     )
-    t0 = time.perf_counter()
-    suffix = f"-r{rank:05d}" if world_size > 1 else ""
-    writer = ShardWriter(output_dir, f"{config.prefix}{suffix}", config.samples_per_shard)
     dedup = Deduplicator(config.clean)
-    after = QueryCounts(len(queries))
-    drops: Counter = Counter()
     input_pairs = 0
     jobs = list(enumerate(files))
-    for spool, file_drops, pairs in tqdm(
-        _map_in_order(_select_file, jobs, config.num_workers),
-        total=len(jobs),
-        desc=f"select r{rank}",
-        unit="file",
-    ):
+    progress = tqdm(_map_in_order(_select_file, jobs, config.num_workers), total=len(jobs),
+                    desc=f"select r{rank}", unit="file")  # fmt: skip
+    for spool, file_drops, pairs in progress:
         input_pairs += pairs
         drops.update(file_drops)
         _consume_spool(spool, matcher, dedup, writer, after, drops, scorer, config.clean, rank)
         os.remove(spool)
     spool_dir.rmdir()
     after.flush()
-    timings["select_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - started
-    manifest = writer.finish(f"manifest{suffix}.json", {"rank": rank, "world_size": world_size})
-    stats = _stats(
-        config,
-        rank,
-        world_size,
-        len(files),
-        input_pairs,
-        writer.total,
-        drops,
-        before,
-        after.counts,
-        timings,
-        manifest,
-    )
-    _write_reports(output_dir, suffix, stats, queries, before, after.counts, config.cap)
-    return stats
+    return input_pairs
 
 
 def _consume_spool(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from clipforge.data.errors import BAD_ENCODING, CORRUPT_IMAGE, EMPTY_CAPTION, MISSING_FILE, SkipSample
+from clipforge.decode import ImageError, decode_rgb, exif_orientation
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -53,18 +52,16 @@ def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
 
 
 def decode_image(image: Path | bytes, key: str = "") -> np.ndarray:
-    """Encoded image -> (H, W, 3) uint8 RGB; unreadable or truncated files raise `SkipSample`."""
+    """Encoded image -> (H, W, 3) uint8 RGB, decoded as `clipforge.decode.decode_rgb` does (EXIF orientation
+    applied, 16-bit scaled); unreadable, truncated or oversized files raise `SkipSample`."""
     data = read_image_bytes(image)
-    if data[:3] == b"\xff\xd8\xff":
+    if data[:3] == b"\xff\xd8\xff" and exif_orientation(data) == 1:
         fast = _decode_jpeg_fast(data)
         if fast is not None:
             return fast
     try:
-        with Image.open(io.BytesIO(data)) as pil:
-            pil.load()  # forces a full decode so truncated files fail here, not later
-            rgb = pil if pil.mode == "RGB" else pil.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return np.asarray(decode_rgb(data), dtype=np.uint8)
+    except ImageError as e:
         raise SkipSample(
             CORRUPT_IMAGE, f"{key or image if not isinstance(image, bytes) else key}: {e}"
         ) from e

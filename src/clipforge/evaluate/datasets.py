@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from clipforge.decode import decode_rgb, open_image
 from clipforge.zeroshot.classnames import get_classnames, imagenet_wnids, objectnet_classes, subset_indices
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -48,8 +49,10 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, index: int):
         source, label = self.samples[index]
-        image = Image.fromarray(source) if isinstance(source, np.ndarray) else Image.open(source)
-        image = image.convert("RGB")
+        if isinstance(source, np.ndarray):
+            image = Image.fromarray(source)
+        else:  # decoded the one exact way: EXIF orientation applied, own mode kept for the transform
+            image = open_image(source) if self.transform else decode_rgb(source)
         return (self.transform(image) if self.transform else image), label
 
     @property

@@ -108,6 +108,38 @@ def fewshot_curve(
     return {"zeroshot": zeroshot, "rows": rows, "seeds": list(config.seeds), "shots": list(config.shots)}
 
 
+def run_fewshot(
+    model,
+    train,
+    test,
+    templates: list[str],
+    classnames: list[str],
+    config: FewShotConfig = FewShotConfig(),
+    batch_size: int = 256,
+    progress: bool = True,
+    cache_dir=None,
+) -> dict:
+    """The few-shot curve of `model` on labelled datasets `train`/`test`: unit image embeddings of both,
+    the prompt-ensembled zero-shot head, then `fewshot_curve`. `cache_dir` as in `extract_features`."""
+    from clipforge.evaluate.features import extract_features
+    from clipforge.zeroshot.classifier import build_classifier
+
+    kwargs = dict(batch_size=batch_size, progress=progress, cache_dir=cache_dir)
+    train_xy = extract_features(model, train, "embedding", **kwargs)
+    test_xy = extract_features(model, test, "embedding", **kwargs)
+    weights = build_classifier(model, classnames, templates, **kwargs).cpu()
+    return fewshot_curve(
+        train_xy, test_xy, weights, float(model.logit_scale.detach().exp()), config, progress
+    )
+
+
+def fewshot_rows(result: dict) -> list[dict]:
+    """The curve as table rows: zero-shot first (0 shots), then (method, shots, mean, std) per run."""
+    rows = [{"method": "zeroshot", "shots": 0, "acc1_mean": result["zeroshot"]["acc1"], "acc1_std": 0.0}]
+    rows += [{k: r[k] for k in ("method", "shots", "acc1_mean", "acc1_std")} for r in result["rows"]]
+    return rows
+
+
 def plot_fewshot(result: dict, path, title: str = "few-shot") -> None:
     """PNG: top-1 (mean ± std over seeds) per method vs shots, with the zero-shot line."""
     plt = pyplot()

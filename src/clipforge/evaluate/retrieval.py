@@ -111,13 +111,13 @@ def evaluate_retrieval(
     from clipforge.encode import encode_tokens
     from clipforge.evaluate.datasets import EvalDataset
     from clipforge.evaluate.features import extract_features
-    from clipforge.zeroshot.classifier import default_tokenizer
+    from clipforge.zeroshot.classifier import model_tokenizer
 
     images = EvalDataset([(p, 0) for p in captions.image_paths], ["image"], transform, name="captions")
     image_features, _ = extract_features(
         model, images, "embedding", batch_size=batch_size, device=device, progress=progress
     )
-    tokens = (tokenizer or default_tokenizer(model))(captions.captions)
+    tokens = (tokenizer or model_tokenizer(model))(captions.captions)
     was_training = model.training
     model.eval()
     try:

@@ -11,7 +11,7 @@ import math
 
 from torch import nn
 
-from clipforge.evaluate.zeroshot import evaluate_zeroshot
+from clipforge.evaluate.classification import evaluate_zeroshot
 from clipforge.zeroshot.classnames import get_classnames
 from clipforge.zeroshot.templates import get_templates
 

@@ -69,6 +69,8 @@ class CLIP(nn.Module):
         self.text.transformer.grad_checkpointing = enabled
         if isinstance(self.visual, VisionTransformer):
             self.visual.transformer.grad_checkpointing = enabled
+        elif isinstance(self.visual, ModifiedResNet):
+            self.visual.grad_checkpointing = enabled
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,9 +1,17 @@
-"""Typed, frozen model configs and the preset registry (presets are data)."""
+"""Typed, frozen model configs, and the preset registry built from the data in models/presets.py."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
+
+from clipforge.models.presets import (
+    CLIPFORGE_SPECS,
+    OPEN_CLIP_SPECS,
+    OPENAI_ARCHITECTURES,
+    OPENAI_NAMES,
+    QUICKGELU_VARIANTS,
+)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -54,7 +62,7 @@ class CLIPConfig:
     embed_dim: int
     vision: VisionConfig
     text: TextConfig
-    activation: Activation = "quick_gelu"
+    activation: Activation = "gelu"  # open_clip's default; OpenAI's weights need "quick_gelu"
     init_logit_scale: float = 2.6592600369262695  # log(1 / 0.07)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
@@ -71,6 +79,8 @@ class CLIPConfig:
         vision = dict(data["vision"])
         if isinstance(vision.get("layers"), list):
             vision["layers"] = tuple(vision["layers"])
+        if vision.get("heads") is None:  # files written before heads were explicit meant the 64-wide default
+            vision["heads"] = VisionConfig(**vision).num_heads
         pre = dict(data.get("preprocess", {}))
         for key in ("mean", "std"):
             if key in pre:
@@ -91,91 +101,44 @@ class CLIPConfig:
         )
 
 
-def _openai_resnet(
-    embed_dim: int, image_size: int, layers: tuple[int, ...], width: int, text_width: int
-) -> CLIPConfig:
+def config_from_spec(spec: dict[str, Any], activation: Activation = "gelu") -> CLIPConfig:
+    """A frozen CLIPConfig from a preset spec (see models/presets.py); `head_width` becomes a head count."""
+    vision = dict(spec["vision"])
+    head_width = vision.pop("head_width")
+    channels = vision["width"] * 32 if vision["kind"] == "resnet" else vision["width"]  # attention width
+    vision["heads"] = channels // head_width
+    text = TextConfig(**spec["text"])
+    pre = PreprocessConfig(**{"image_size": vision["image_size"], **spec.get("preprocess", {})})
     return CLIPConfig(
-        embed_dim=embed_dim,
-        vision=VisionConfig(kind="resnet", image_size=image_size, width=width, layers=layers),
-        text=TextConfig(width=text_width, heads=text_width // 64, layers=12),
-        preprocess=PreprocessConfig(image_size=image_size),
+        embed_dim=spec["embed_dim"],
+        vision=VisionConfig(**vision),
+        text=text,
+        activation=spec.get("activation", activation),
+        preprocess=pre,
     )
 
 
-def _openai_vit(
-    embed_dim: int, image_size: int, width: int, layers: int, patch: int, text_width: int
-) -> CLIPConfig:
-    return CLIPConfig(
-        embed_dim=embed_dim,
-        vision=VisionConfig(kind="vit", image_size=image_size, width=width, layers=layers, patch_size=patch),
-        text=TextConfig(width=text_width, heads=text_width // 64, layers=12),
-        preprocess=PreprocessConfig(image_size=image_size),
-    )
+def _build_presets() -> dict[str, CLIPConfig]:
+    presets = {name: config_from_spec(spec) for name, spec in OPEN_CLIP_SPECS.items()}
+    for name in QUICKGELU_VARIANTS:
+        presets[f"{name}-quickgelu"] = config_from_spec(OPEN_CLIP_SPECS[name], "quick_gelu")
+    presets.update({name: config_from_spec(spec) for name, spec in CLIPFORGE_SPECS.items()})
+    return presets
 
 
-# The nine public OpenAI models (QuickGELU, as their weights were trained) and small presets
-# for tests and CPU training. Names follow open_clip ("ViT-B-32"); OpenAI's ("ViT-B/32") are aliases.
-PRESETS: dict[str, CLIPConfig] = {
-    "RN50": _openai_resnet(1024, 224, (3, 4, 6, 3), 64, 512),
-    "RN101": _openai_resnet(512, 224, (3, 4, 23, 3), 64, 512),
-    "RN50x4": _openai_resnet(640, 288, (4, 6, 10, 6), 80, 640),
-    "RN50x16": _openai_resnet(768, 384, (6, 8, 18, 8), 96, 768),
-    "RN50x64": _openai_resnet(1024, 448, (3, 15, 36, 10), 128, 1024),
-    "ViT-B-32": _openai_vit(512, 224, 768, 12, 32, 512),
-    "ViT-B-16": _openai_vit(512, 224, 768, 12, 16, 512),
-    "ViT-L-14": _openai_vit(768, 224, 1024, 24, 14, 768),
-    "ViT-L-14-336": _openai_vit(768, 336, 1024, 24, 14, 768),
-    # Tiny presets: seconds on a CPU, same code paths as the big ones.
-    "tiny-vit": CLIPConfig(
-        embed_dim=64,
-        vision=VisionConfig(kind="vit", image_size=32, width=64, layers=2, patch_size=8, heads=2),
-        text=TextConfig(context_length=77, width=64, heads=2, layers=2),
-        activation="gelu",
-        preprocess=PreprocessConfig(image_size=32),
-    ),
-    "tiny-resnet": CLIPConfig(
-        embed_dim=64,
-        vision=VisionConfig(kind="resnet", image_size=64, width=16, layers=(1, 1, 1, 1), heads=4),
-        text=TextConfig(context_length=77, width=64, heads=2, layers=2),
-        activation="gelu",
-        preprocess=PreprocessConfig(image_size=64),
-    ),
-    # The CIFAR-10 demo (`clipforge demo`, docs/demo.md): ~0.1 GFLOPs per training sample at 32x32, a short
-    # text context (template captions are <= 12 tokens) and the full BPE vocabulary, so that clipforge.tokenize
-    # and every other command work on its checkpoint unchanged.
-    "demo-cifar": CLIPConfig(
-        embed_dim=128,
-        vision=VisionConfig(kind="resnet", image_size=32, width=32, layers=(1, 1, 1, 1), heads=8),
-        text=TextConfig(context_length=16, width=128, heads=2, layers=2),
-        activation="gelu",
-        preprocess=PreprocessConfig(image_size=32),
-    ),
-}
+PRESETS: dict[str, CLIPConfig] = _build_presets()
 
-OPENAI_PRESETS = (
-    "RN50",
-    "RN101",
-    "RN50x4",
-    "RN50x16",
-    "RN50x64",
-    "ViT-B-32",
-    "ViT-B-16",
-    "ViT-L-14",
-    "ViT-L-14-336",
-)
-ALIASES = {
-    "ViT-B/32": "ViT-B-32",
-    "ViT-B/16": "ViT-B-16",
-    "ViT-L/14": "ViT-L-14",
-    "ViT-L/14@336px": "ViT-L-14-336",
-}
+
+# Only OpenAI's slash names are aliases: "RN50" is open_clip's GELU config, as in open_clip; `clipforge.load`
+# (openai/CLIP's front door) also reads "RN50" as OpenAI's model, see OPENAI_NAMES.
+ALIASES: dict[str, str] = {name: preset for name, preset in OPENAI_NAMES.items() if "/" in name}
+OPENAI_PRESETS: tuple[str, ...] = OPENAI_ARCHITECTURES  # the nine architectures OpenAI released
 
 
 def get_config(name: str) -> CLIPConfig:
-    """Look up a preset by clipforge/open_clip name or OpenAI alias."""
+    """Look up a preset by its open_clip name (`X` = open_clip's config, `X-quickgelu` = QuickGELU) or an
+    OpenAI alias (`ViT-B/32` = `ViT-B-32-quickgelu`, the activation of OpenAI's weights)."""
     key = ALIASES.get(name, name)
-    if key.endswith("-quickgelu"):
-        key = key[: -len("-quickgelu")]
     if key not in PRESETS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return PRESETS[key]

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from clipforge.models.config import VisionConfig
 
@@ -39,6 +40,31 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(self.avgpool(out)))  # (B, 4P, H/s, W/s)
         identity = x if self.downsample is None else self.downsample(x)
         return F.relu_(out.add_(identity))
+
+
+def _checkpointed(stage: nn.Module, x: Tensor) -> Tensor:
+    """stage(x) with activations recomputed in backward. The recompute sees the same batch, hence the same
+    BatchNorm batch statistics, but must not update the running statistics a second time: it runs with
+    momentum 0 (running <- 1 * running + 0 * batch: unchanged) and the batch count is put back."""
+    calls = []
+
+    def run(inputs: Tensor) -> Tensor:
+        if not calls:
+            calls.append(True)
+            return stage(inputs)
+        norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.momentum = 0.0
+        try:
+            return stage(inputs)
+        finally:
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
+                if norm.training:
+                    norm.num_batches_tracked.sub_(1)
+
+    return checkpoint(run, x, use_reentrant=False)
 
 
 class AttentionPool2d(nn.Module):
@@ -85,6 +111,7 @@ class ModifiedResNet(nn.Module):
         self.layer4 = self._make_stage(width * 8, config.layers[3], stride=2)
         feature_width = width * 32
         self.attnpool = AttentionPool2d(config.image_size // 32, feature_width, config.num_heads, embed_dim)
+        self.grad_checkpointing = False  # keep only each stage's input; recompute the rest in backward
         self._init_weights()
 
     def _make_stage(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -110,7 +137,9 @@ class ModifiedResNet(nn.Module):
         x = F.relu_(self.bn2(self.conv2(x)))
         x = F.relu_(self.bn3(self.conv3(x)))
         x = self.avgpool(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = _checkpointed(stage, x) if self.grad_checkpointing and x.requires_grad else stage(x)
+        return x
 
     def features(self, images: Tensor) -> Tensor:
         """Globally average-pooled trunk features (B, 32W): the pre-projection linear-probe input."""

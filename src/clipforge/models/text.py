@@ -38,7 +38,8 @@ class TextTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(config.width)
         self.text_projection = nn.Parameter(torch.empty(config.width, embed_dim))
         # Exact trimming: attention is causal and we pool at the end-of-text token, so positions after
-        # the longest sequence in the batch cannot change any output. Export code switches it off.
+        # the longest sequence in the batch cannot change any output. Export code switches it off. CPU
+        # only: reading the lengths is a host synchronisation, which on an accelerator stalls the queue.
         self.trim_to_longest = True
         # Large batches of mixed lengths run as length-sorted groups of >= group_rows rows, each trimmed to
         # its own longest text (rows are independent: same outputs, less padding computed).
@@ -51,7 +52,7 @@ class TextTransformer(nn.Module):
     def features(self, text: Tensor) -> Tensor:
         """End-of-text features before the projection. text: (B, L) token ids, EOT = largest id."""
         eot = text.argmax(dim=-1)  # (B,)
-        if not self.trim_to_longest or torch.jit.is_tracing():
+        if not self.trim_to_longest or text.device.type != "cpu" or torch.jit.is_tracing():
             return self._features(text, eot)
         groups = length_groups(eot, self.group_rows)
         if len(groups) == 1:

@@ -58,7 +58,10 @@ def restore_rng(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run saved with more visible GPUs than this machine has: restore the generators of those
+        # visible (each rank draws on its own device, cuda:LOCAL_RANK, which exists or init would fail).
+        for index, generator_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(generator_state, index)
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:

@@ -1,12 +1,15 @@
 """Zero-shot classifier: class-name prompts embedded by the text tower become the weights of a linear head.
 
 `build_classifier` ensembles prompts the paper's way (normalise each prompt embedding, average over templates,
-renormalise) and caches the result on disk keyed by the text tower's weights, the class names and the templates.
-`classify` turns images into class probabilities with that head and the model's learned temperature.
+renormalise); asked to (`cache_dir=True` or a folder), it caches the result on disk keyed by the text tower's
+weights, the class names, the templates and the tokenizer. `classify` turns images into class probabilities with
+that head and the model's learned temperature. This is the one implementation of the zero-shot head: the apps,
+the service, evaluation and training metrics all call it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,10 +27,20 @@ from clipforge.fileio import atomic_write
 CACHE_ENV = "CLIPFORGE_CACHE_DIR"
 
 
-def default_cache_dir() -> Path:
-    """`$CLIPFORGE_CACHE_DIR/zeroshot`, else `~/.cache/clipforge/zeroshot`."""
+def default_cache_dir(kind: str = "zeroshot") -> Path:
+    """`$CLIPFORGE_CACHE_DIR/<kind>`, else `~/.cache/clipforge/<kind>`."""
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "clipforge"
-    return Path(root) / "zeroshot"
+    return Path(root).expanduser() / kind
+
+
+def cache_folder(cache_dir: str | os.PathLike | bool | None, kind: str) -> Path | None:
+    """The one reading of every `cache_dir` argument: False or None -> no cache, True -> the default
+    folder for `kind`, a path (`~` expanded) -> that folder."""
+    if cache_dir is None or cache_dir is False:
+        return None
+    if cache_dir is True:
+        return default_cache_dir(kind)
+    return Path(cache_dir).expanduser()
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -64,11 +77,11 @@ def classifier_cache_key(
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def default_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
-    from clipforge import tokenize  # lazy: the tokenizer package is optional at import time
+def model_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
+    """`clipforge.tokenize` at the model's context length, truncating long prompts."""
+    from clipforge.tokenizer import tokenize
 
-    context_length = getattr(model, "context_length", 77)
-    return lambda texts: tokenize(texts, context_length=context_length, truncate=True)
+    return functools.partial(tokenize, context_length=getattr(model, "context_length", 77), truncate=True)
 
 
 @torch.no_grad()
@@ -85,9 +98,10 @@ def build_classifier(
 ) -> Tensor:
     """Zero-shot weights (E, C): per class, the renormalised mean of its unit prompt embeddings.
 
-    cache_dir: a folder, None for `default_cache_dir()`, or False to skip the cache. The key hashes the text
-    tower's weights, the class names, the templates and the tokenizer, so a stale entry is never reused.
-    The result lives on `device` (default: the model's device), float32."""
+    cache_dir: False or None (default) computes without touching the disk; True caches under
+    `default_cache_dir()`, a folder caches there. The key hashes the text tower's weights, the class names,
+    the templates and the tokenizer, so a stale entry is never reused. The result lives on `device`
+    (default: the model's device), float32."""
     if not classnames:
         raise ValueError("classnames is empty")
     if not templates:
@@ -95,14 +109,14 @@ def build_classifier(
     device = torch.device(device) if device is not None else model_device(model)
     tokenizer_id = "clipforge" if tokenizer is None else getattr(tokenizer, "__qualname__", repr(tokenizer))
     cache_path = None
-    if cache_dir is not False:
-        folder = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
+    folder = cache_folder(cache_dir, "zeroshot")
+    if folder is not None:
         key = classifier_cache_key(text_weights_fingerprint(model), classnames, templates, tokenizer_id)
         cache_path = folder / f"{key}.pt"
         if cache_path.is_file():
             return torch.load(cache_path, map_location=device, weights_only=True)
 
-    tokenizer = tokenizer or default_tokenizer(model)
+    tokenizer = tokenizer or model_tokenizer(model)
     texts = [format_prompt(t, c) for c in classnames for t in templates]  # class-major: (C*T,)
     tokens = tokenizer(texts)  # (C*T, L)
     was_training = model.training
@@ -154,9 +168,20 @@ def encode_images(
     return torch.cat(chunks)
 
 
-def zeroshot_logits(image_features: Tensor, classifier: Tensor, logit_scale: Tensor | float) -> Tensor:
-    """(N, E) unit features @ (E, C) weights times the temperature multiplier -> (N, C) logits."""
-    return float(logit_scale) * image_features.float() @ classifier.to(image_features.device).float()
+def zeroshot_logits(
+    image_features: Tensor,
+    classifier: Tensor,
+    logit_scale: Tensor | float,
+    class_groups: list[list[int]] | None = None,
+) -> Tensor:
+    """(N, E) unit features @ (E, C) weights times the temperature multiplier -> (N, C) logits.
+
+    With `class_groups` (one list of head classes per dataset class, e.g. ObjectNet's ImageNet classes),
+    each dataset class scores as its best head class: (N, G)."""
+    logits = float(logit_scale) * image_features.float() @ classifier.to(image_features.device).float()
+    if class_groups is None:
+        return logits
+    return torch.stack([logits[:, group].max(dim=1).values for group in class_groups], dim=1)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ the only files served from it are thumbnails whose names match NNNNNNNN.jpg unde
 from __future__ import annotations
 
 import asyncio
-import io
+import functools
 import re
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +24,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from clipforge.apps.inputs import ImageError, open_image
+from clipforge import __version__
 from clipforge.apps.serve.batching import MicroBatcher
+from clipforge.decode import DEFAULT_LIMITS, ImageError, ImageLimits, open_image
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 THUMB_NAME = re.compile(r"^[0-9]{8}\.jpg$")
@@ -34,7 +35,8 @@ THUMB_NAME = re.compile(r"^[0-9]{8}\.jpg$")
 @dataclass(frozen=True)
 class ServeLimits:
     max_upload_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = DEFAULT_LIMITS.max_pixels
+    max_aspect_ratio: float | None = DEFAULT_LIMITS.max_aspect_ratio
     allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
     request_timeout_s: float = 30.0
     max_batch: int = 32
@@ -121,13 +123,17 @@ class ModelRunner:
         return torch.stack(await asyncio.gather(*(self.texts.submit(t) for t in texts)))
 
     async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+        """The zero-shot head (E, C) of `build_classifier`, run on the model thread, kept in an LRU."""
+        from clipforge.zeroshot.classifier import build_classifier
+
         key = (labels, templates)
         if key in self._heads:
             self._heads.move_to_end(key)
             return self._heads[key]
-        prompts = [t.replace("{}", label) for label in labels for t in templates]
-        feats = (await self.text_features(prompts)).view(len(labels), len(templates), -1)  # (C, T, E)
-        head = torch.nn.functional.normalize(feats.mean(1), dim=-1).T  # (E, C)
+        build = functools.partial(
+            build_classifier, self.model, list(labels), list(templates), cache_dir=False, progress=False
+        )
+        head = (await asyncio.get_running_loop().run_in_executor(self.executor, build)).cpu()  # (E, C)
         self._heads[key] = head
         while len(self._heads) > self.limits.classifier_cache:
             self._heads.popitem(last=False)
@@ -139,25 +145,16 @@ class ModelRunner:
 
 
 def read_image(data: bytes, limits: ServeLimits) -> Image.Image:
-    """Bytes -> RGB image, or HTTPException 415 (type) / 413 (too many pixels) / 400 (undecodable)."""
+    """Bytes -> decoded image (EXIF-oriented, own mode, for the exact transform), or HTTPException
+    415 (type) / 413 (too many pixels, too thin, or a decompression bomb) / 400 (undecodable)."""
+    image_limits = ImageLimits(
+        limits.max_image_pixels, limits.max_aspect_ratio, formats=limits.allowed_formats
+    )
     try:
-        header = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as err:
-        raise HTTPException(413, f"image refused as a decompression bomb: {err}") from err
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for garbage
-        raise HTTPException(400, f"upload is not a readable image ({type(err).__name__})") from err
-    if header.format not in limits.allowed_formats:
-        allowed = ", ".join(limits.allowed_formats)
-        raise HTTPException(415, f"image type {header.format} not allowed; use one of {allowed}")
-    width, height = header.size
-    if width * height > limits.max_image_pixels:
-        raise HTTPException(
-            413, f"image is {width}x{height}, above the limit of {limits.max_image_pixels} pixels"
-        )
-    try:
-        return open_image(io.BytesIO(data), limits.max_image_pixels)
+        return open_image(data, image_limits)
     except ImageError as err:
-        raise HTTPException(400, str(err)) from err
+        status = {"format": 415, "mode": 415, "too_large": 413}.get(err.reason, 400)
+        raise HTTPException(status, str(err)) from err
 
 
 async def read_upload(upload: UploadFile, limits: ServeLimits) -> Image.Image:
@@ -207,8 +204,6 @@ def create_app(
 ) -> FastAPI:
     """The service for one model and, optionally, one read-only index folder (for /search)."""
     limits = limits or ServeLimits()
-    # PIL's own guard (raises at 2x this) backs up the explicit header check in read_image.
-    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     runner = ModelRunner(model, preprocess, limits)
     index = None
     if index_dir is not None:
@@ -230,7 +225,7 @@ def create_app(
 
     app = FastAPI(
         title="clipforge",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         description="Zero-shot classification, embeddings and search with a CLIP model.",
     )
@@ -242,7 +237,7 @@ def create_app(
     async def time_limit(request: Request, call_next):
         try:
             return await asyncio.wait_for(call_next(request), limits.request_timeout_s)
-        except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11
+        except TimeoutError:  # builtin TimeoutError only from 3.11
             return JSONResponse({"detail": f"request took longer than {limits.request_timeout_s}s"}, 504)
 
     app.include_router(model_router(runner, limits, model_name, index))

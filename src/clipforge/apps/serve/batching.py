@@ -87,7 +87,7 @@ class MicroBatcher:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11
+            except TimeoutError:  # builtin TimeoutError only from 3.11
                 break
         return [(item, fut) for item, fut in batch if not fut.cancelled()]
 

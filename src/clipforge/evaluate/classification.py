@@ -1,28 +1,12 @@
-"""Zero-shot classification of a labelled dataset: prompt-ensembled classifier, then top-1/top-5/recall."""
+"""Zero-shot accuracy on a labelled dataset: the head from clipforge.zeroshot, image embeddings, metrics."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from clipforge.evaluate.features import extract_features
 from clipforge.evaluate.metrics import classification_metrics
-from clipforge.zeroshot.classifier import build_classifier
-
-
-def reduce_to_groups(logits: Tensor, class_groups: list[list[int]]) -> Tensor:
-    """(N, 1000) ImageNet logits -> (N, G): each dataset class scores as its best ImageNet class."""
-    return torch.stack([logits[:, group].max(dim=1).values for group in class_groups], dim=1)
-
-
-def zeroshot_logits_for(
-    image_features: Tensor,
-    classifier: Tensor,
-    logit_scale: float,
-    class_groups: list[list[int]] | None = None,
-) -> Tensor:
-    logits = logit_scale * image_features.float() @ classifier.float().to(image_features.device)
-    return reduce_to_groups(logits, class_groups) if class_groups is not None else logits
+from clipforge.zeroshot.classifier import build_classifier, zeroshot_logits
 
 
 def evaluate_zeroshot(
@@ -35,7 +19,7 @@ def evaluate_zeroshot(
     batch_size: int = 256,
     num_workers: int = 0,
     device=None,
-    cache_dir=None,
+    cache_dir: str | bool | None = False,
     tokenizer=None,
     progress: bool = True,
 ) -> dict:
@@ -51,7 +35,7 @@ def evaluate_zeroshot(
         model, dataset, "embedding", batch_size=batch_size, num_workers=num_workers, device=device,
         progress=progress,
     )  # fmt: skip
-    logits = zeroshot_logits_for(features, classifier, float(model.logit_scale.detach().exp()), class_groups)
+    logits = zeroshot_logits(features, classifier, model.logit_scale.detach().exp(), class_groups)
     return {
         **classification_metrics(logits, labels),
         "num_samples": len(labels),

@@ -1,7 +1,8 @@
-"""Exact-parity checks of the converters against the reference implementations.
+"""Reference models and exact-parity checks of the converters against open_clip and transformers.
 
-Used by tests/test_parity.py and benchmarks/parity_report.py. Needs open_clip (and transformers for
-the HF side), imported lazily: the rest of clipforge never depends on them.
+Used by the tests (test_parity.py, test_checkpoints*.py, ...) and benchmarks (parity_report.py, weights.py).
+It lives outside the installed package because it needs open_clip (and transformers for the HF side),
+which the library itself never imports.
 """
 
 from __future__ import annotations
@@ -29,17 +30,19 @@ def randomize_(model: nn.Module, seed: int, scale: float = 0.02) -> nn.Module:
 
 
 def random_open_clip(name: str, seed: int = 0) -> nn.Module:
-    """open_clip's `<name>-quickgelu` with random weights and BN statistics, fp32, eval mode."""
+    """open_clip's model `name` (its own naming: `X` GELU, `X-quickgelu`) with random weights and BN
+    statistics, fp32, eval mode."""
     import open_clip
 
     torch.manual_seed(seed)
-    model = open_clip.create_model(f"{name}-quickgelu", pretrained=None, device="cpu")
+    model = open_clip.create_model(name, pretrained=None, device="cpu")
     return randomize_(model.float().eval(), seed)
 
 
 def clipforge_from_open_clip(open_clip_model: nn.Module, name: str | None = None) -> CLIP:
+    """The same weights in clipforge: architecture from `name`, else from the shapes (QuickGELU assumed)."""
     state_dict = open_clip_model.state_dict()
-    config = get_config(name) if name else infer_config(state_dict)
+    config = get_config(name) if name else infer_config(state_dict, "quick_gelu")
     return model_from_state(config, openai_to_clipforge(state_dict), "<open_clip model>").float()
 
 
