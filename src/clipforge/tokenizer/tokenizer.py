@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from clipforge.extras import require
 from clipforge.tokenizer.bpe import (
     END_OF_WORD,
     EOT_TOKEN_ID,
@@ -87,8 +88,8 @@ class Tokenizer:
     ):
         if bpe not in ("auto", "rust", "python"):
             raise ValueError(f"bpe={bpe!r}: expected 'auto', 'rust' or 'python'")
-        if bpe == "rust" and not rust_available():
-            raise ImportError("bpe='rust' needs the `tokenizers` package (pip install tokenizers)")
+        if bpe == "rust":
+            require("tokenizers", "Tokenizer(bpe='rust')")
         self.vocab_path = str(vocab_path)
         self.context_length = context_length
         self.truncate = truncate
