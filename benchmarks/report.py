@@ -68,6 +68,7 @@ def targets(report: dict) -> list[dict[str, Any]]:
             out.append(
                 _target(name, row["clipforge_speedup"], goal, f"{case}, max_abs_diff {row['max_abs_diff']}")
             )
+    out += runtime_targets(report)
     vit = _row(report, "image:ViT-B-32:32", "clipforge")
     if vit:
         out.append(_target("ViT-B/32 image FLOP/s / matmul peak", vit["fraction_of_peak"], 0.85, "batch 32"))
@@ -86,6 +87,35 @@ def targets(report: dict) -> list[dict[str, Any]]:
                 worst = (ratio, row["case"])
     if worst:
         out.append(_target("peak RSS: open_clip / clipforge (worst case)", worst[0], 1.0, worst[1]))
+    return out
+
+
+RUNTIME_CASES = [
+    "image:ViT-B-32:1", "image:ViT-B-32:32", "image:RN50:1", "image:RN50:32",
+    "text-coco:ViT-B-32:1", "text-coco:ViT-B-32:32",
+]  # fmt: skip
+
+
+def runtime_targets(report: dict) -> list[dict[str, Any]]:
+    """clipforge's default path >= ONNX Runtime fp32, and int8 >= 2x fp32 (same runtime, and vs clipforge)."""
+    out = []
+    for case in RUNTIME_CASES:
+        ort = _row(report, case, "ort-fp32")
+        if ort is None:
+            continue
+        detail = f"{case}, max_abs_diff {ort['max_abs_diff']}"
+        out.append(_target(f"clipforge vs ONNX Runtime fp32 ({case})", ort["clipforge_speedup"], 1.0, detail))
+        if not case.startswith("image"):
+            continue
+        for lib, fp32 in (
+            ("ort-int8", "ort-fp32"),
+            ("openvino-int8", "openvino-fp32"),
+            ("openvino-int8", "clipforge"),
+        ):
+            int8, base = _row(report, case, lib), _row(report, case, fp32)
+            if int8 and base:
+                ratio = int8["items_per_s"] / base["items_per_s"]
+                out.append(_target(f"{lib} vs {fp32} ({case})", ratio, 2.0, f"{case}"))
     return out
 
 
@@ -111,6 +141,14 @@ def tokenizer_targets(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def _settings(report: dict) -> str:
+    settings = report.get("peer_settings")
+    if not settings:
+        return ""
+    lines = [f"- **{name}**: {value}" for name, value in settings.items()]
+    return "## Peer settings (ONNX Runtime, OpenVINO)\n\n" + "\n".join(lines) + "\n\n"
+
+
 def summary_markdown(report: dict) -> str:
     peak = report["matmul_peak"]
     pipeline = report["pipeline"]
@@ -122,8 +160,11 @@ def summary_markdown(report: dict) -> str:
         f"{list(peak['per_size_best_gflops'])}, measured at the start ({peak['peak_gflops']}) and the end "
         f"({peak['peak_gflops_at_end']}) of the run); a bf16 matmul takes {report['bf16_over_fp32_time_ratio']}x "
         "the fp32 time here, so everything runs in fp32.\n\n"
-        "## Targets\n\n" + markdown_table(report["targets"], floatfmt=".3f") + "\n"
-        "## Model cases\n\n"
+        "## Targets\n\n"
+        + markdown_table(report["targets"], floatfmt=".3f")
+        + "\n"
+        + _settings(report)
+        + "## Model cases\n\n"
         "`items_per_s` from the median of `repeats` timed calls (after a warm-up) with all libraries loaded in "
         "one process and called in rotating order (A B C, B C A, ...), so a change in the shared host's speed "
         "lands on all alike; `peak_rss_mb` from one more call with the library alone in a fresh process (JSON: "
