@@ -75,7 +75,7 @@ def preprocess_throughput(n: int, rounds: int) -> dict:
 def loader_throughput(batches: int) -> dict:
     from clipforge.data import open_labelled_dataset
     from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
-    from clipforge.demo import DemoConfig
+    from clipforge.recipes.demo import DemoConfig
 
     demo = DemoConfig()
     data = open_labelled_dataset(SHARED / "cifar10-wds", "train", progress=False)

@@ -177,6 +177,11 @@ def test_openai_state_dict_save_loads_strictly_into_open_clip(tmp_path, kind):
 
 
 OPEN_CLIP_NAMES = [name for name in PRESETS if name not in CLIPFORGE_SPECS]
+# presets whose tensors have the same names and shapes and that differ in more than the activation
+SHAPE_TWINS = {
+    "ViT-SO400M-14-SigLIP-378": ("ViT-SO400M-14-SigLIP-378", "ViT-SO400M-14-SigLIP-384"),
+    "ViT-SO400M-14-SigLIP-384": ("ViT-SO400M-14-SigLIP-378", "ViT-SO400M-14-SigLIP-384"),
+}
 
 
 @pytest.mark.parametrize("name", OPEN_CLIP_NAMES)
@@ -185,6 +190,10 @@ def test_infer_config_recovers_every_open_clip_preset_with_the_activation_given(
         model = CLIP(get_config(name))
     state_dict = clipforge_to_openai(model.state_dict())
     activation = PRESETS[name].activation
+    if name in SHAPE_TWINS:  # e.g. SO400M-14 at 378 and 384 px: the same 27x27 grid, only a warning can tell
+        with pytest.warns(UserWarning, match="differ in what shapes cannot show"):
+            assert infer_config(state_dict, activation) in [PRESETS[n] for n in SHAPE_TWINS[name]]
+        return
     assert infer_config(state_dict, activation) == PRESETS[name]  # heads (ViT-H: 16 of 80) from the preset
     other = "gelu" if activation == "quick_gelu" else "quick_gelu"
     assert infer_config(state_dict, other).activation == other  # never overridden by a shape match

@@ -19,7 +19,7 @@ def _run(tmp_path: Path, body: str, *args: str, **env: str) -> subprocess.Comple
     environ = {k: v for k, v in os.environ.items() if k != "CLIPFORGE_ALLOW_SKIPS"} | env
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path, env=environ, timeout=120,
+        capture_output=True, text=True, cwd=tmp_path, env=environ, timeout=900,  # minutes on a loaded host
     )  # fmt: skip
 
 

@@ -33,9 +33,9 @@ def _loader(data, batch_size=64, rank=0, world=1, prefetch=2, kind="crop_flip"):
 
 def test_batch_contract(cifar_test):
     loader = _loader(cifar_test)
-    assert len(loader) == 16  # ceil(1000 / 64)
+    assert loader.batches_per_epoch == 16 and loader.batch_size == 64  # ceil(1000 / 64)
     batch = next(iter(loader))
-    assert len(loader) == 15  # remaining batches of the epoch
+    assert loader.state_dict() == {"epoch": 0, "offset": 64, "seed": 0}  # position = batches handed out
     assert set(batch) == {"images", "text", "labels", "index"}
     assert batch["images"].shape == (64, 3, 32, 32) and batch["images"].dtype == torch.float32
     assert batch["text"].shape == (64, 16) and batch["text"].dtype == torch.int64
@@ -55,7 +55,7 @@ def test_resume_mid_epoch_is_exact(cifar_test):
     assert sum(len(b["index"]) for b in batches) == 1000
     assert sorted(torch.cat([b["index"] for b in batches]).tolist()) == list(range(1000))
     resumed = _loader(cifar_test, prefetch=0)
-    resumed.set_position(3, 5 * 64)  # 5 batches already consumed
+    resumed.load_state_dict({"epoch": 3, "offset": 5 * 64, "seed": 0})  # 5 batches already consumed
     rest = list(resumed)
     assert len(rest) == len(batches) - 5
     for a, b in zip(batches[5:], rest):
@@ -108,7 +108,7 @@ def test_record_loader_same_batches_for_any_worker_count_and_counts_skips(shared
             RecordDataset(records, image_size=32), sampler, AugmentConfig(image_size=32), tokenizer=tok,
             num_workers=workers,
         )  # fmt: skip
-        loader.set_position(1, offset)
+        loader.load_state_dict({"epoch": 1, "offset": offset, "seed": 1})
         return list(loader), loader.skips
 
     serial, skips = run(0)
@@ -127,7 +127,8 @@ def test_labelled_loader_state_dict_resume(cifar_test):
     reference = labelled_loader(cifar_test, config)
     reference.set_epoch(1)
     expected = list(reference)
-    assert len(expected) == 10 and reference.state_dict() == {"epoch": 1, "offset": 0, "seed": 5}
+    assert len(expected) == 10 and reference.state_dict() == {"epoch": 1, "offset": 1000, "seed": 5}
+    assert list(reference) == []  # the epoch is over until the next set_epoch
     first = labelled_loader(cifar_test, config)
     first.set_epoch(1)
     for step, _ in enumerate(first):

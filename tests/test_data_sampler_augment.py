@@ -83,3 +83,29 @@ def test_pad_crop_matches_slicing_and_flip_is_mirror():
     flipped = [torch.equal(o, p.flip(-1)) and not torch.equal(o, p) for o, p in zip(out, plain)]
     same = [torch.equal(o, p) for o, p in zip(out, plain)]
     assert all(f or s for f, s in zip(flipped, same)) and 2 <= sum(flipped) <= 14
+
+
+def test_resized_crop_grid_equals_affine_grid_and_keeps_the_pixels():
+    """The broadcast grid is affine_grid's; sampling before normalising gives the old order's values."""
+    from clipforge.data.augment import (
+        STREAM_FLIP,
+        _axis_aligned_grid,
+        _resized_crop_grid,
+        normalize,
+        to_float,
+    )
+
+    index = torch.arange(40, 72)
+    config = AugmentConfig(kind="resized_crop_flip", image_size=24, scale=(0.3, 1.0))
+    flips = keyed_uniform(3, 1, index, STREAM_FLIP) < 0.5
+    theta = _resized_crop_grid(config, 3, 1, index, flips)
+    reference = torch.nn.functional.affine_grid(theta, [32, 3, 24, 24], align_corners=False)
+    torch.testing.assert_close(_axis_aligned_grid(theta, 24), reference, atol=1e-6, rtol=0)
+    images = torch.randint(
+        0, 256, (32, 40, 30, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    sampled = torch.nn.functional.grid_sample(
+        to_float(images), reference, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    expected = normalize(sampled.contiguous(), config.mean, config.std)
+    torch.testing.assert_close(augment_batch(images, index, 1, 3, config), expected, atol=1e-4, rtol=0)

@@ -177,7 +177,7 @@ def test_open_labelled_dataset_on_shards_and_worker_seeding(tmp_path, rows):
     import pickle
 
     from clipforge.data import detect_layout, open_labelled_dataset
-    from clipforge.data.captions import default_tokenizer
+    from clipforge.tokenizer import default_tokenizer
 
     folder = write_shards(tmp_path / "s", rows[::50], 2, per_shard=10)  # 2 images of each class
     assert detect_layout(folder, "train")[0] == "shards"
@@ -215,7 +215,7 @@ def test_caption_shards_in_memory_loader(tmp_path, rows):
     assert [len(b["index"]) for b in batches] == [5, 5, 2]
     batch = batches[0]
     expected = tokenize(
-        [captions.captions[i] for i in batch["index"].tolist()], context_length=12, truncate=True
+        [captions.captions[i][0] for i in batch["index"].tolist()], context_length=12, truncate=True
     )
     assert torch.equal(batch["text"], expected)
-    assert captions.captions[0] == f"a photo of a {CLASSES[int(data.labels[0])]}"
+    assert captions.captions[0] == [f"a photo of a {CLASSES[int(data.labels[0])]}"]

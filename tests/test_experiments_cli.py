@@ -7,7 +7,7 @@ import json
 import pytest
 
 from clipforge.commands.experiment import main
-from clipforge.experiments.shifts import SEVERITIES, SHIFTS
+from clipforge.recipes.experiments.shifts import SEVERITIES, SHIFTS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ~30 s on 2 quiet cores (four small trainings + 19 shifted evaluations): part of `make test`, so CI always

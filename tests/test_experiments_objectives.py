@@ -6,17 +6,18 @@ import pytest
 import torch
 
 from clipforge.data import DEFAULT_TEMPLATES, open_labelled_dataset, to_eval_tensors
-from clipforge.experiments.objectives import (
+from clipforge.models import CLIP, get_config
+from clipforge.recipes.experiments.objectives import (
     OBJECTIVES,
     BagOfWordsObjective,
     CaptioningObjective,
     accuracy,
-    build_objective,
     caption_vocabulary,
+    make_objective,
+    template_captions,
 )
-from clipforge.experiments.objectives_exp import efficiency_table, images_to_reach, mean_curve
-from clipforge.experiments.robustness_exp import effective_robustness
-from clipforge.models import CLIP, get_config
+from clipforge.recipes.experiments.objectives_exp import efficiency_table, images_to_reach, mean_curve
+from clipforge.recipes.experiments.robustness_exp import effective_robustness
 
 CLASSES = ["airplane", "automobile", "bird", "cat"]
 TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.")
@@ -24,13 +25,15 @@ TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.")
 
 def _objective(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_objective(name, CLIP(get_config("demo-cifar")), CLASSES, TEMPLATES)
+    return make_objective(
+        name, CLIP(get_config("demo-cifar")), CLASSES, template_captions(CLASSES, TEMPLATES)
+    )
 
 
 def test_vocabulary_covers_captions_without_padding():
     from clipforge import tokenize
 
-    vocab = caption_vocabulary(CLASSES, TEMPLATES, 16)
+    vocab = caption_vocabulary(template_captions(CLASSES, TEMPLATES), 16)
     assert 0 not in vocab.tolist()
     captions = tokenize([t.format(c) for c in CLASSES for t in TEMPLATES], context_length=16)
     assert set(captions[captions != 0].tolist()) == set(vocab.tolist())
@@ -104,7 +107,8 @@ def test_objective_learns_above_chance_on_the_labelled_set(labelled_set, name):
 
     images, labels, classes, captions = labelled_set
     torch.manual_seed(0)
-    objective = build_objective(name, CLIP(get_config("tiny-vit")), classes, DEFAULT_TEMPLATES)
+    captions_all = template_captions(classes, DEFAULT_TEMPLATES)
+    objective = make_objective(name, CLIP(get_config("tiny-vit")), classes, captions_all)
     batch = {"images": images, "text": tokenize(captions, context_length=16), "labels": labels}
     lr, steps = LEARN_RECIPE[name]
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=lr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipforge.experiments.shifts import SEVERITIES, SHIFTS, apply_shift, patch_grid
+from clipforge.recipes.experiments.shifts import SEVERITIES, SHIFTS, apply_shift, patch_grid
 
 
 @pytest.fixture(scope="module")

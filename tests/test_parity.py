@@ -6,6 +6,8 @@ ViT-H variants run one after another in tests/test_model_naming.py to bound memo
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -55,6 +57,7 @@ def test_hf_parity(name, tmp_path):
     del reference
     save_hf(ours, tmp_path / "hf")
     hf_model = load_hf_reference(tmp_path / "hf")
+    shutil.rmtree(tmp_path / "hf")  # up to ~1.7 GB (ViT-L): don't leave it in /tmp
     assert _param_count(hf_model) == ours.num_parameters()
     images, text = sample_inputs(ours, batch=2, seed=3)
     diffs = compare_hf(ours, hf_model, images, text)

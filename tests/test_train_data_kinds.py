@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+import clipforge.recipes.experiments.objectives  # noqa: F401  (registers the comparison objectives)
 from clipforge.overrides import load_config
 from clipforge.train import TrainConfig, fit
 
@@ -43,10 +45,24 @@ def test_other_objectives_are_selected_by_config(shared_data, tmp_path, objectiv
 
 
 def test_objective_needing_labels_refuses_pairs(tmp_path) -> None:
+    from clipforge.data import ArrayLoader, EpochSampler, ImageCaptions, LabelledArrays
+
+    images = torch.zeros(16, 32, 32, 3, dtype=torch.uint8)
+    pairs = LabelledArrays(images, torch.full((16,), -1), [])  # image-text pairs: no class names
+    captions = ImageCaptions([["a photo."]] * 16, context_length=12)
+    loader = ArrayLoader(pairs, captions, EpochSampler(16, batch_size=8, drop_last=True))
     config = load_config(
         TrainConfig,
         None,
-        ["loss.objective=supervised", "max_steps=1", f"output_dir={tmp_path}", "device=cpu"],
-    )
+        ["loss.objective=supervised", "data.kind=custom", "data.batch_size=8", "model.context_length=12",
+         "max_steps=1", f"output_dir={tmp_path}", "device=cpu"],
+    )  # fmt: skip
     with pytest.raises(ValueError, match="needs labelled data"):
+        fit(config, train_data=loader)
+
+
+def test_unregistered_objective_names_the_registered_ones(tmp_path) -> None:
+    config = load_config(TrainConfig, None, ["loss.objective=nope", "max_steps=1", f"output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="not a registered objective; registered: bag-of-words, captioning, "
+                       "contrastive, supervised"):  # fmt: skip
         fit(config)

@@ -139,3 +139,20 @@ def test_grad_cache_counts_batchnorm_statistics_once():
     for (name, buffer), expected in zip(model.named_buffers(), reference.buffers(), strict=True):
         assert torch.equal(buffer, expected), name
     assert any(name.endswith("num_batches_tracked") and int(b) == 2 for name, b in model.named_buffers())
+
+
+def test_dedup_text_matches_plain_contrastive_loss():
+    """Encoding each distinct caption once gives the same loss and gradients as encoding every row."""
+    torch.manual_seed(0)
+    model = CLIP(get_config("demo-cifar")).eval()  # eval: BatchNorm uses running stats, deterministic
+    rows = torch.tensor([[49406, 320, 1125, 49407], [49406, 320, 2368, 49407]])
+    batch = {"images": torch.randn(6, 3, 32, 32), "text": rows[torch.tensor([0, 1, 0, 0, 1, 1])]}
+    losses, grads = [], []
+    for objective in (ContrastiveObjective(model), ContrastiveObjective(model, dedup_text=True)):
+        model.zero_grad()
+        loss = objective.loss(batch)["loss"]
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.text.token_embedding.weight.grad.clone())
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from clipforge.data import synthetic_colours, to_eval_tensors
 from clipforge.overrides import load_config
 from clipforge.train import TrainConfig, fit
-from clipforge.train.datasets import SyntheticPairs
 from clipforge.train.metrics import ZeroShotEval
 
 SCALARS = {"loss", "lr", "logit_scale", "samples_per_s", "data_wait_s", "grad_norm"}
@@ -30,9 +30,9 @@ def test_training_logs_and_learns_zero_shot(tmp_path):
         f"output_dir={tmp_path}",
     ]
     config = load_config(TrainConfig, None, overrides)
-    held_out = SyntheticPairs(200, 32, 12, seed=123)  # other noise than the training set (seed 0)
-    batch = held_out.get_batch(list(range(200)))
-    zeroshot = ZeroShotEval(batch["images"], batch["labels"], held_out.classnames, ["a photo of a {}."])
+    held_out = synthetic_colours(200, 32, seed=123)  # other noise than the training set (seed 0)
+    batch = {"images": (tensors := to_eval_tensors(held_out, 32)).images, "labels": tensors.labels}
+    zeroshot = ZeroShotEval(batch["images"], batch["labels"], held_out.classes, ["a photo of a {}."])
     results = fit(config, zeroshot=zeroshot)
 
     assert results["steps"] == 30 and results["images_seen"] == 960
@@ -45,7 +45,7 @@ def test_training_logs_and_learns_zero_shot(tmp_path):
 
     model = _model_from(load_state(results["checkpoint"]))
     with torch.no_grad():
-        tokens = tokenize([f"a photo of a {c}." for c in held_out.classnames], context_length=12)
+        tokens = tokenize([f"a photo of a {c}." for c in held_out.classes], context_length=12)
         text = model.encode_text(tokens, normalize=True)
         predictions = (model.encode_image(batch["images"], normalize=True) @ text.T).argmax(-1)
     assert results["zeroshot_top1"] == pytest.approx((predictions == batch["labels"]).float().mean().item())

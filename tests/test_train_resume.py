@@ -154,39 +154,75 @@ def test_keeps_last_k_plus_best(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
 
-def test_fit_accepts_positioned_loaders(tmp_path):
-    """clipforge.data's loaders expose set_position(epoch, offset) + __iter__ instead of batches()."""
-    from clipforge.train.datasets import SyntheticPairs
-    from clipforge.train.loader import IndexedLoader
+class _ListedLoader:
+    """A minimal loader of the one protocol that is not clipforge's: 6 batches of 8 per epoch in a seeded order,
+    its position a batch counter."""
 
-    inner = IndexedLoader(SyntheticPairs(48, 32, 12), 8, seed=3)
+    batch_size, batches_per_epoch = 8, 6
 
-    class Positioned:
-        class sampler:  # noqa: N801 - mimics clipforge.data.EpochSampler
-            samples_per_rank = 48
+    def __init__(self):
+        from clipforge import tokenize
+        from clipforge.data import synthetic_colours
 
-        def set_position(self, epoch, offset):
-            self.position = (epoch, offset)
+        self.arrays = synthetic_colours(48, 32, num_classes=4)
+        self.tokens = tokenize([f"a photo of a {c}." for c in self.arrays.classes], context_length=12)
+        self.epoch = self.position = 0
 
-        def __iter__(self):
-            return inner.batches(*self.position)
+    def order(self, epoch):
+        from clipforge.data import epoch_permutation
 
-    seen = []
-    overrides = [
-        "model.context_length=12",
-        "data.batch_size=8",
-        "epochs=2",
-        "log.progress=false",
-        "log.plot=false",
-    ]
-    results = fit(
-        load_config(TrainConfig, None, [*overrides, f"output_dir={tmp_path}", "data.kind=custom"]),
-        train_data=Positioned(),
-        callbacks=(lambda e, i: seen.append(i["batch"]["index"].tolist()) if e == "step" else None,),
-    )
-    assert results["steps"] == 12
+        return epoch_permutation(48, seed=3, epoch=epoch)
+
+    def set_epoch(self, epoch):
+        self.epoch, self.position = epoch, 0
+
+    def __iter__(self):
+        from clipforge.data import eval_batch
+
+        while self.position < self.batches_per_epoch:
+            index = self.order(self.epoch)[self.position * 8 : self.position * 8 + 8]
+            self.position += 1
+            labels = self.arrays.labels[index]
+            yield {"images": eval_batch(self.arrays.images[index], 32), "text": self.tokens[labels],
+                   "index": index}  # fmt: skip
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state):
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def test_fit_trains_any_protocol_loader_and_resumes_its_state(tmp_path):
+    overrides = ["model.context_length=12", "data.kind=custom", "data.batch_size=8", "epochs=2",
+                 "checkpoint.every_steps=4", "log.progress=false", "log.plot=false"]  # fmt: skip
+
+    def run(output_dir, *extra, abort_at=None):
+        seen = []
+
+        def record(event, info):
+            if event == "step":
+                seen.append(info["batch"]["index"].tolist())
+                if info["step"] == abort_at:
+                    raise _Abort
+
+        config = load_config(TrainConfig, None, [*overrides, f"output_dir={output_dir}", *extra])
+        return fit(config, train_data=_ListedLoader(), callbacks=(record,)), seen
+
+    results, seen = run(tmp_path / "ref")
+    loader = _ListedLoader()
+    assert results["steps"] == 12 and results["images_seen"] == 96
     flat = [i for b in seen for i in b]
-    assert flat[:48] == inner.rank_indices(0).tolist() and flat[48:] == inner.rank_indices(1).tolist()
+    assert flat == loader.order(0).tolist() + loader.order(1).tolist()
+    with pytest.raises(_Abort):
+        run(tmp_path / "cut", abort_at=10)
+    state = load_state(tmp_path / "cut" / "checkpoints" / "step_00000008.pt")
+    assert state["data"] == [{"epoch": 1, "position": 2}] and state["epoch"] == 1
+    resumed, rest = run(tmp_path / "cut", "checkpoint.resume=auto")
+    assert rest == seen[8:]  # the loader's own state resumed it at its 3rd batch of epoch 1
+    expected = load_state(results["checkpoint"])["model"]
+    final = load_state(resumed["checkpoint"])["model"]
+    assert all(torch.equal(final[k], v) for k, v in expected.items())
 
 
 def test_exact_resume_with_clipforge_data_loader(tmp_path):
@@ -230,3 +266,22 @@ def test_exact_resume_with_clipforge_data_loader(tmp_path):
     final = load_state(results["checkpoint"])["model"]
     for name, tensor in expected.items():
         assert torch.equal(final[name], tensor), name
+
+
+def test_fit_leaves_global_state_as_it_found_it(tmp_path):
+    """Seeding and deterministic mode are fit's own business: RNGs and flags are restored afterwards."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    assert not torch.are_deterministic_algorithms_enabled()
+    overrides = ["model.context_length=12", "data.num_samples=32", "data.batch_size=8", "max_steps=2",
+                 "deterministic=true", "log.progress=false", "log.plot=false", f"output_dir={tmp_path}"]  # fmt: skip
+    fit(load_config(TrainConfig, None, overrides))
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+    assert (np.random.get_state()[1] == before[2]).all()

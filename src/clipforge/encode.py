@@ -32,7 +32,7 @@ def encode_tokens(
     """(N, L) token ids -> (N, E) features in input order. Texts that start alike share the computation of
     their common prefix (models.prefix); `share_prefixes=False` encodes length-sorted padded batches."""
     out = torch.empty(tokens.shape[0], model.config.embed_dim, dtype=torch.float32)
-    if share_prefixes:
+    if share_prefixes and getattr(model.text, "shares_prefixes", False):  # exact only for causal EOT towers
         bar = tqdm(total=tokens.shape[0], desc="encode text", disable=not progress, unit="text")
         for pack in pack_prefixes(tokens, texts_per_batch=batch_size):
             features = model.text.forward_packed(pack)

@@ -64,6 +64,8 @@ class Preprocess(_Normalise):
 
     def resize_crop(self, image: Image.Image) -> Image.Image:
         size = self.config.image_size
+        if self.config.resize_mode == "squash":  # the whole image, aspect ratio not kept
+            return to_resizable(image).resize((size, size), _RESAMPLE[self.config.interpolation])
         image = resize_shorter_side(to_resizable(image), size, self.config.interpolation)
         return center_crop(image, size)
 

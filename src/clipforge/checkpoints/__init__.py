@@ -86,6 +86,10 @@ def _classify(path: Path, tensors, is_clipforge: bool, wrapped: bool) -> str:
     if "text_projection" in keys and "token_embedding.weight" in keys:
         has_prefix = any(k.startswith(("module.", "_orig_mod.")) for k in tensors)
         return "open_clip" if wrapped or has_prefix else "openai"
+    if "text.token_embedding.weight" in keys and any(
+        k.startswith("text.transformer.resblocks.") for k in keys
+    ):
+        return "open_clip"  # CustomTextCLIP's layout (SigLIP, ...)
     if "text.token_embedding.weight" in keys:
         raise ValueError(f"{path}: a clipforge state_dict without its config; save with save_checkpoint")
     if any(k.startswith("text_model.") for k in keys):

@@ -10,6 +10,7 @@ import os
 import re
 import warnings
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -49,7 +50,7 @@ def is_openai_layout(state_dict: dict[str, Tensor]) -> bool:
 
 
 def _is_vit(state_dict: dict[str, Tensor]) -> bool:
-    return "visual.proj" in state_dict or "visual.patch_embed.weight" in state_dict
+    return "visual.positional_embedding" in state_dict  # a ResNet keeps its one under visual.attnpool.
 
 
 def openai_to_clipforge(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -59,7 +60,7 @@ def openai_to_clipforge(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     for key, value in state_dict.items():
         if key in IGNORED_KEYS or key.endswith(IGNORED_SUFFIXES):
             continue
-        name = key if key.startswith("visual.") or key == "logit_scale" else f"text.{key}"
+        name = key if key.startswith("visual.") or key in ("logit_scale", "logit_bias") else f"text.{key}"
         name = "." + name
         for old, new in _BLOCK_NAMES:
             name = name.replace(old, new)
@@ -75,7 +76,7 @@ def clipforge_to_openai(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     vit = _is_vit(state_dict)
     out = {}
     for key, value in state_dict.items():
-        name = "." + (key[len("text.") :] if key.startswith("text.") else key)
+        name = "." + (key[len("text.") :] if key.startswith("text.") else key)  # logit_bias stays as it is
         for old, new in _BLOCK_NAMES:
             name = name.replace(new, old)
         name = name[1:]
@@ -92,27 +93,41 @@ def _count_blocks(state_dict: dict[str, Tensor], prefix: str) -> int:
 
 def infer_config(state_dict: dict[str, Tensor], activation: Activation) -> CLIPConfig:
     """The architecture of an OpenAI-layout state_dict: shapes from its tensors, `activation` as given (never
-    overridden). What shapes cannot show -- head counts and preprocessing -- comes from the preset with these
-    shapes; with no such preset, heads are guessed at OpenAI's 64 dims per head and a warning says so."""
-    config = _config_from_shapes(state_dict, activation)
-    candidates = {
-        _hidden_signature(p): p for p in PRESETS.values() if _shape_signature(p) == _shape_signature(config)
-    }
-    if len(candidates) == 1:
-        preset = next(iter(candidates.values()))
-        return replace(preset, activation=activation)
-    if candidates:
-        found = "; ".join(f"{v} vision / {t} text heads" for v, t, _ in candidates)
+    overridden). What shapes cannot show -- head counts, pooling, preprocessing -- comes from the preset with
+    exactly these tensor names and shapes (preferring one with this activation); with several that differ in
+    those, or none, a warning says what was guessed (none: OpenAI's 64 dims per head)."""
+    exact = presets_with_shapes(openai_to_clipforge(state_dict))
+    if exact:
+        preferred = [p for p in exact if p.activation == activation] or exact
+        candidates = {_hidden_signature(p): p for p in preferred}
+        if len(candidates) == 1:
+            return replace(preferred[0], activation=activation)
+        found = "; ".join(f"{v} vision / {t} text heads, {pre.image_size} px" for v, t, pre, *_ in candidates)
         reason = f"its shapes fit {len(candidates)} presets that differ in what shapes cannot show ({found})"
+        config = replace(preferred[0], activation=activation)
     else:
+        config = _config_from_shapes(state_dict, activation)
         reason = "no preset has its shapes"
     warnings.warn(
         f"the state_dict does not record its head counts and {reason}; assumed {config.vision.num_heads} "
-        f"vision / {config.text.heads} text heads (64 dims each, OpenAI's convention). If the model was built "
-        "with other head widths its outputs will be wrong: pass its model name or config.",
+        f"vision / {config.text.heads} text heads, {config.vision.image_size} px. If the model was built "
+        "with other settings its outputs will be wrong: pass its model name or config.",
         stacklevel=3,
     )
     return config
+
+
+@cache
+def _preset_shapes(name: str) -> frozenset:
+    with torch.device("meta"):
+        model = CLIP(PRESETS[name])
+    return frozenset((k, tuple(v.shape)) for k, v in model.state_dict().items() if "num_batches" not in k)
+
+
+def presets_with_shapes(state_dict: dict[str, Tensor]) -> list[CLIPConfig]:
+    """The presets whose models have exactly these (clipforge) tensor names and shapes."""
+    shapes = frozenset((k, tuple(v.shape)) for k, v in state_dict.items() if "num_batches" not in k)
+    return [PRESETS[name] for name in PRESETS if _preset_shapes(name) == shapes]
 
 
 def _config_from_shapes(sd: dict[str, Tensor], activation: Activation) -> CLIPConfig:
@@ -167,20 +182,15 @@ def _shape_signature(config: CLIPConfig) -> tuple:
 
 
 def _hidden_signature(config: CLIPConfig) -> tuple:
-    """What a state_dict cannot show, activation aside: heads and preprocessing."""
-    return (config.vision.num_heads, config.text.heads, config.preprocess)
+    """What a state_dict cannot show, activation aside: heads, preprocessing, then every other field."""
+    rest = replace(config, activation="gelu", preprocess=PreprocessConfig())
+    return (config.vision.num_heads, config.text.heads, config.preprocess, rest)
 
 
 def match_preset(config: CLIPConfig) -> CLIPConfig | None:
-    """The preset with the same tensor shapes, heads and activation as `config`, if any."""
+    """The preset equal to `config` in everything but preprocessing (whose preprocessing it then gives), if any."""
     return next(
-        (
-            preset
-            for preset in PRESETS.values()
-            if _shape_signature(preset) == _shape_signature(config)
-            and _hidden_signature(preset)[:2] == _hidden_signature(config)[:2]
-            and preset.activation == config.activation
-        ),
+        (preset for preset in PRESETS.values() if replace(preset, preprocess=config.preprocess) == config),
         None,
     )
 

@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from clipforge.demo import DemoConfig, run_demo, smoke_config
     from clipforge.overrides import load_config
+    from clipforge.recipes.demo import DemoConfig, run_demo, smoke_config
 
     args = build_parser().parse_args(argv)
     config = load_config(DemoConfig, args.config, args.overrides)

@@ -16,7 +16,7 @@ DEFAULT_OUT = "benchmarks/results/experiments"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from clipforge.experiments.runs import RunSettings, smoke_settings
+    from clipforge.recipes.experiments.runs import RunSettings, smoke_settings
 
     defaults = RunSettings()
     parser = argparse.ArgumentParser(prog="clipforge experiment", description=__doc__)
@@ -70,13 +70,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run(name: str, settings, out: str, seeds: tuple[int, ...]) -> dict:
     if name == "objectives":
-        from clipforge.experiments.objectives_exp import run_objectives
+        from clipforge.recipes.experiments.objectives_exp import run_objectives
 
         return run_objectives(settings, out, seeds)
     if name == "prompts":
-        from clipforge.experiments.prompts_exp import run_prompts
+        from clipforge.recipes.experiments.prompts_exp import run_prompts
 
         return run_prompts(settings, out)
-    from clipforge.experiments.robustness_exp import run_robustness
+    from clipforge.recipes.experiments.robustness_exp import run_robustness
 
     return run_robustness(settings, out)

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     args = parser.parse_args(argv)
 
+    import clipforge.recipes.experiments.objectives  # noqa: F401  (registers the paper's comparison objectives)
     from clipforge.overrides import ConfigError, load_config, to_dict
     from clipforge.train import TrainConfig, fit
 

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from clipforge.models.config import OPENAI_MEAN, OPENAI_STD
 
 # Streams keep the random numbers of different decisions independent.
-STREAM_CROP_Y, STREAM_CROP_X, STREAM_FLIP, STREAM_SCALE, STREAM_RATIO, STREAM_TEMPLATE = range(1, 7)
+STREAM_CROP_Y, STREAM_CROP_X, STREAM_FLIP, STREAM_SCALE, STREAM_RATIO, STREAM_TEMPLATE, STREAM_CAPTION = (
+    range(1, 8)
+)
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -52,8 +53,8 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.5, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -83,7 +84,7 @@ def pad_crop(images: Tensor, offsets_y: Tensor, offsets_x: Tensor, padding: int,
 
 
 def _resized_crop_grid(config: AugmentConfig, seed: int, epoch: int, index, flips: np.ndarray) -> Tensor:
-    """(B, 2, 3) affine matrices for `affine_grid`: crop area/aspect/position and flip per sample."""
+    """(B, 2, 3) affine matrices (as for `affine_grid`): crop area/aspect/position and flip per sample."""
     lo, hi = config.scale
     area = lo + (hi - lo) * keyed_uniform(seed, epoch, index, STREAM_SCALE)
     log_r = np.log(config.ratio)
@@ -99,12 +100,39 @@ def _resized_crop_grid(config: AugmentConfig, seed: int, epoch: int, index, flip
     return torch.from_numpy(theta)
 
 
+def _axis_aligned_grid(theta: Tensor, size: int) -> Tensor:
+    """(B, 2, 3) scale-and-shift matrices -> (B, S, S, 2) sampling grid, equal to `affine_grid(theta,
+    align_corners=False)` for matrices without rotation, built by broadcasting instead of a batched matmul."""
+    centres = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # (S,) output pixel centres
+    grid_x = theta[:, 0, 0, None] * centres + theta[:, 0, 2, None]  # (B, S)
+    grid_y = theta[:, 1, 1, None] * centres + theta[:, 1, 2, None]  # (B, S)
+    batch = len(theta)
+    return torch.stack(
+        [grid_x[:, None, :].expand(batch, size, size), grid_y[:, :, None].expand(batch, size, size)], dim=-1
+    )
+
+
+def _resized_crop(images: Tensor, index, epoch: int, seed: int, config: AugmentConfig, flips) -> Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, S, S) normalised: the crops sampled bilinearly from the 0..255 values, then
+    scaled and normalised in one pass (sampling commutes with the per-channel affine map, so it runs on the
+    smaller output)."""
+    theta = _resized_crop_grid(config, seed, epoch, index, flips)
+    x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W), 0..255
+    grid = _axis_aligned_grid(theta, config.image_size)  # (B, S, S, 2)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False).contiguous()
+    std = torch.tensor(config.std, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(config.mean, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+
+
 def augment_batch(images: Tensor, index: Tensor, epoch: int, seed: int, config: AugmentConfig) -> Tensor:
     """(B, H, W, 3) uint8 + (B,) sample indices -> (B, 3, S, S) float32, augmented and normalised."""
-    x = to_float(images)  # (B, 3, H, W)
     flips = (
         keyed_uniform(seed, epoch, index, STREAM_FLIP) < 0.5 if config.flip else np.zeros(len(index), bool)
     )
+    if config.kind == "resized_crop_flip":
+        return _resized_crop(images, index, epoch, seed, config, flips)
+    x = to_float(images)  # (B, 3, H, W)
     if config.kind == "crop_flip":
         x = _resize(x, config.image_size)
         span = 2 * config.padding + 1
@@ -114,11 +142,6 @@ def augment_batch(images: Tensor, index: Tensor, epoch: int, seed: int, config: 
             x = pad_crop(x, oy, ox, config.padding, config.pad_mode)
         flip_mask = torch.from_numpy(flips)[:, None, None, None]
         x = torch.where(flip_mask, x.flip(-1), x)
-    elif config.kind == "resized_crop_flip":
-        theta = _resized_crop_grid(config, seed, epoch, index, flips)
-        size = (len(index), 3, config.image_size, config.image_size)
-        grid = F.affine_grid(theta, list(size), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     elif config.kind == "none":
         x = _resize(x, config.image_size)
     else:
@@ -126,6 +149,6 @@ def augment_batch(images: Tensor, index: Tensor, epoch: int, seed: int, config: 
     return normalize(x.contiguous(), config.mean, config.std)
 
 
-def eval_batch(images: Tensor, image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
+def eval_batch(images: Tensor, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, S, S) float32, resized (no crop) and normalised: the eval-side twin."""
     return normalize(_resize(to_float(images), image_size).contiguous(), mean, std)

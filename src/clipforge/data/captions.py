@@ -1,18 +1,21 @@
-"""Class labels -> captions with prompt templates, and caption text -> token ids.
+"""Captions of a batch as token ids: templates for labelled images, sampled captions for image–text data.
 
-The template of a sample is a pure function of (seed, epoch, index), so resumed or re-sharded runs caption
-every sample the same way. All (class, template) captions are tokenised once into a table.
+A captioner maps (labels (B,), sample indices (B,), epoch) to (B, L) token ids, and every choice it makes is a
+pure function of (seed, epoch, index), so resumed or re-sharded runs caption every sample the same way. All
+candidate captions are tokenised once into a table; `texts` lists them (e.g. for a vocabulary).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from clipforge.data.augment import STREAM_TEMPLATE, keyed_uniform
+from clipforge.data.augment import STREAM_CAPTION, STREAM_TEMPLATE, keyed_uniform
+from clipforge.tokenizer import default_tokenizer
 
 # Short everyday phrasings; `{}` is the class name.
 DEFAULT_TEMPLATES = (
@@ -33,23 +36,36 @@ DEFAULT_TEMPLATES = (
 Tokenizer = Callable[[Sequence[str]], Tensor]
 
 
-class ClipTokenizer:
-    """`clipforge.tokenize` truncating at `context_length`; picklable (spawned workers), imported on first use."""
+class Captioner(Protocol):
+    """What `ArrayLoader` asks of its captions."""
 
-    def __init__(self, context_length: int = 77):
-        self.context_length = context_length
+    texts: list[str]
 
-    def __call__(self, texts: Sequence[str]) -> Tensor:
-        from clipforge import tokenize
-
-        return tokenize(list(texts), context_length=self.context_length, truncate=True)
+    def tokens(self, labels: Tensor, index: Tensor, epoch: int) -> Tensor: ...
 
 
-def default_tokenizer(context_length: int = 77) -> Tokenizer:
-    return ClipTokenizer(context_length)
+def _tokenizer_for(context_length: int, tokenizer: Tokenizer | None) -> Tokenizer:
+    return tokenizer if tokenizer is not None else default_tokenizer(context_length)
 
 
-class PromptCaptioner:
+class _TokenTable:
+    """Every candidate caption (`texts`) tokenised once, on first use, into `token_table` (rows in `texts` order)."""
+
+    tokenizer: Tokenizer
+    _table: Tensor | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def token_table(self) -> Tensor:
+        if self._table is None:
+            self._table = self.tokenizer(self.texts)
+        return self._table
+
+
+class PromptCaptioner(_TokenTable):
     """Captions for labelled samples: class `c`, template `t` chosen per sample from (seed, epoch, index)."""
 
     def __init__(
@@ -66,8 +82,12 @@ class PromptCaptioner:
             )
         self.classes, self.templates, self.seed = list(classes), list(templates), seed
         self.context_length = context_length
-        self.tokenizer = tokenizer or default_tokenizer(context_length)
-        self._table: Tensor | None = None
+        self.tokenizer = _tokenizer_for(context_length, tokenizer)
+
+    @property
+    def texts(self) -> list[str]:
+        """Every caption this captioner can produce: class-major, `texts[c * T + t]`."""
+        return [t.format(c) for c in self.classes for t in self.templates]
 
     def template_index(self, index: Tensor | np.ndarray, epoch: int) -> np.ndarray:
         """(B,) int64 template numbers."""
@@ -78,14 +98,6 @@ class PromptCaptioner:
         template = self.templates[int(self.template_index(np.array([index]), epoch)[0])]
         return template.format(self.classes[label])
 
-    @property
-    def token_table(self) -> Tensor:
-        """(C * T, L) int64: tokens of class c with template t at row c * T + t."""
-        if self._table is None:
-            texts = [t.format(c) for c in self.classes for t in self.templates]
-            self._table = self.tokenizer(texts)
-        return self._table
-
     def tokens(self, labels: Tensor, index: Tensor, epoch: int) -> Tensor:
         """(B,) labels and sample indices -> (B, L) token ids."""
         rows = labels.to(torch.int64) * len(self.templates) + torch.from_numpy(
@@ -94,26 +106,52 @@ class PromptCaptioner:
         return self.token_table[rows]
 
 
-class FixedCaptions:
-    """Captions given per sample (image–text data): all tokenised once, looked up by sample index.
+class ImageCaptions(_TokenTable):
+    """Several human captions per image (image–text data); one is used per image per epoch.
 
-    Same `tokens(labels, index, epoch)` interface as `PromptCaptioner`, so `ArrayLoader` takes either.
+    Image `i` with `k` captions uses them in a seeded order that is reshuffled every `k` epochs: epochs
+    `c*k .. c*k + k-1` use each of its captions exactly once (a permutation keyed by (seed, c, i)), so every
+    caption is seen and none twice before all were. One caption per image is the case `k = 1` (always that one).
     """
 
-    def __init__(self, captions: Sequence[str], context_length: int = 77, tokenizer: Tokenizer | None = None):
-        self.captions = list(captions)
-        self.tokenizer = tokenizer or default_tokenizer(context_length)
-        self._table: Tensor | None = None
-
-    def caption(self, label: int, index: int, epoch: int) -> str:
-        return self.captions[index]
+    def __init__(
+        self,
+        captions: Sequence[Sequence[str]],
+        seed: int = 0,
+        context_length: int = 77,
+        tokenizer: Tokenizer | None = None,
+    ):
+        counts = np.asarray([len(c) for c in captions], dtype=np.int64)
+        if len(counts) and counts.min() < 1:
+            raise ValueError(f"image {int(np.argmin(counts))} has no caption; every image needs at least one")
+        self.captions = [list(c) for c in captions]
+        self.counts = torch.from_numpy(counts)  # (N,)
+        self.first = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))  # (N,)
+        self.max_count = int(counts.max()) if len(counts) else 1
+        self.seed, self.context_length = seed, context_length
+        self.tokenizer = _tokenizer_for(context_length, tokenizer)
 
     @property
-    def token_table(self) -> Tensor:
-        """(N, L) int64: tokens of every caption, row = sample index."""
-        if self._table is None:
-            self._table = self.tokenizer(self.captions)
-        return self._table
+    def texts(self) -> list[str]:
+        """Every caption, image-major: image i's captions are rows first[i] .. first[i] + counts[i] - 1."""
+        return [text for image in self.captions for text in image]
+
+    def caption_index(self, index: Tensor, epoch: int) -> Tensor:
+        """(B,) int64: which of its captions each image uses in `epoch` (0 .. counts[i] - 1)."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        counts = self.counts[index]  # (B,)
+        cycle, slot = epoch // counts, epoch % counts  # (B,), (B,)
+        # keys (B, K): one uniform per (cycle, image, caption); captions past an image's count sort last
+        j = torch.arange(self.max_count)
+        composite = ((cycle[:, None] * len(self.counts) + index[:, None]) * self.max_count + j).numpy()
+        keys = torch.from_numpy(keyed_uniform(self.seed, 0, composite.reshape(-1), STREAM_CAPTION))
+        keys = keys.view(len(index), self.max_count).masked_fill(j >= counts[:, None], 2.0)
+        order = keys.argsort(dim=1)  # (B, K): image i's captions in this cycle's order
+        return order.gather(1, slot[:, None])[:, 0]
+
+    def caption(self, label: int, index: int, epoch: int) -> str:
+        return self.captions[index][int(self.caption_index(torch.tensor([index]), epoch)[0])]
 
     def tokens(self, labels: Tensor, index: Tensor, epoch: int) -> Tensor:
-        return self.token_table[index]
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return self.token_table[self.first[index] + self.caption_index(index, epoch)]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from clipforge.data.augment import CLIP_MEAN, CLIP_STD, eval_batch
+from clipforge.data.augment import eval_batch
 from clipforge.data.errors import DataSourceError
 from clipforge.data.labelled import LabelledArrays
-from clipforge.data.public import open_labelled_dataset
+from clipforge.data.public import decode_size, open_labelled_dataset
+from clipforge.models.config import OPENAI_MEAN, OPENAI_STD
 
 
 @dataclass
@@ -25,7 +27,7 @@ class LabelledTensors:
 
 
 def to_eval_tensors(
-    data: LabelledArrays, image_size: int, mean=CLIP_MEAN, std=CLIP_STD, batch_size: int = 1024
+    data: LabelledArrays, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD, batch_size: int = 1024
 ) -> LabelledTensors:
     """Resize + normalise the whole set in batches (no crop, no flip)."""
     chunks = [
@@ -39,12 +41,22 @@ def load_zeroshot_eval(
     path: str | Path,
     split: str = "test",
     image_size: int = 32,
-    mean=CLIP_MEAN,
-    std=CLIP_STD,
+    mean=OPENAI_MEAN,
+    std=OPENAI_STD,
     cache_dir: str | Path | None = None,
+    max_images: int | None = None,
 ) -> LabelledTensors:
-    """E.g. `../shared/data/cifar10` test split (test.csv, classes.txt): 1,000 images as tensors."""
-    data = open_labelled_dataset(path, split, cache_dir=cache_dir, num_workers=1, progress=False)
+    """E.g. `../shared/data/cifar10` test split (test.csv, classes.txt): 1,000 images as tensors.
+
+    `max_images`: keep that many, evenly spaced over the set (label files are often sorted by class)."""
+    data = open_labelled_dataset(
+        path, split, decode_size(path, split, image_size), cache_dir, num_workers=1, progress=False
+    )
+    if data.skips is not None and data.skips.total:
+        warnings.warn(f"{path} ({split}): evaluating without {data.skips.summary()}", stacklevel=2)
+    if max_images is not None and len(data) > max_images:
+        pick = (torch.arange(max_images) * (len(data) / max_images)).long()
+        data = LabelledArrays(data.images[pick], data.labels[pick], data.classes, data.source, data.skips)
     return to_eval_tensors(data, image_size, mean, std)
 
 

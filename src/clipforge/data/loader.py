@@ -1,7 +1,9 @@
-"""In-memory batch loader: indices from the main-process sampler, batched augmentation, template tokens.
+"""In-memory batch loader: indices from the main-process sampler, batched augmentation, caption tokens.
 
-No worker processes: gathering uint8 rows and augmenting the whole batch tensor is far cheaper than per-sample
-decoding, and a background thread prepares the next batches while the model trains (torch ops drop the GIL).
+`ArrayLoader` implements the one loader protocol (`clipforge.data.protocol`) over decoded uint8 images held in
+memory or memory-mapped from the decode-once cache. No worker processes: gathering uint8 rows and augmenting the
+whole batch tensor is far cheaper than per-sample decoding, and a background thread prepares the next batches
+while the model trains (torch ops drop the GIL).
 """
 
 from __future__ import annotations
@@ -14,24 +16,26 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch
-from clipforge.data.captions import DEFAULT_TEMPLATES, FixedCaptions, PromptCaptioner, Tokenizer
+from clipforge.data.captions import DEFAULT_TEMPLATES, Captioner, PromptCaptioner, Tokenizer
+from clipforge.data.errors import SkipCounter
 from clipforge.data.labelled import LabelledArrays
-from clipforge.data.sampler import EpochSampler
+from clipforge.data.sampler import EpochSampler, SamplerPosition
 
 DEFAULT_AUGMENT = AugmentConfig()  # None instead means eval: resize + normalise only
 
 
-class ArrayLoader:
-    """Batches {"images", "text", "labels", "index"} from `LabelledArrays` for one epoch at a time.
+class ArrayLoader(SamplerPosition):
+    """Batches {"images", "text", "labels", "index"} of `LabelledArrays`, one epoch at a time.
 
-    `set_epoch(e)` / `set_position(e, offset)` go to the sampler; the batches of a given (seed, epoch) are
-    identical whatever the resume point, so `offset` = samples already consumed restores the stream exactly.
+    The batches of a given (seed, epoch) are identical whatever the resume point: the order comes from the
+    sampler, augmentation and caption choice from (seed, epoch, index). `state_dict()` is the sampler's
+    {"epoch", "offset", "seed"}, `offset` counting this rank's samples handed out so far in the epoch.
     """
 
     def __init__(
         self,
         data: LabelledArrays,
-        captioner: PromptCaptioner | FixedCaptions,
+        captioner: Captioner,
         sampler: EpochSampler,
         augment: AugmentConfig | None = DEFAULT_AUGMENT,
         image_size: int | None = None,
@@ -45,23 +49,17 @@ class ArrayLoader:
         self.augment, self.prefetch = augment, prefetch
         self.image_size = image_size or (augment.image_size if augment else int(data.images.shape[1]))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data.classes)
 
-    def set_position(self, epoch: int, offset: int) -> None:
-        self.sampler.set_position(epoch, offset)
+    @property
+    def caption_texts(self) -> list[str]:
+        return self.captioner.texts
 
-    def state_dict(self) -> dict:
-        """{"epoch", "offset", "seed"}: `offset` counts samples of this rank handed out so far in the epoch
-        (the batch just yielded included), so `load_state_dict` continues with the next batch."""
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
-
-    def __len__(self) -> int:
-        size = self.sampler.batch_size
-        return -(-len(self.sampler) // size)
+    @property
+    def skips(self) -> SkipCounter:
+        return self.data.skips if self.data.skips is not None else SkipCounter()
 
     def make_batch(self, index: Tensor, epoch: int) -> dict[str, Tensor]:
         """The batch for these sample indices in this epoch (pure function of its arguments)."""
@@ -80,16 +78,14 @@ class ArrayLoader:
             yield self.make_batch(index, epoch)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        """One epoch from the current position; the sampler's offset advances as batches are handed out and
-        resets to 0 (same epoch) at the end, so call `set_epoch` before each epoch."""
+        """The current epoch from the current position; the sampler's offset advances as batches are handed
+        out and stays at the epoch's end afterwards (call `set_epoch` before the next epoch)."""
         batches = self._batches() if self.prefetch <= 0 else _threaded(self._batches(), self.prefetch)
-        epoch, offset = self.sampler.epoch, self.sampler.offset
+        offset = self.sampler.offset
         for batch in batches:
             offset += len(batch["index"])
             self.sampler.offset = offset  # not set_position: the running generator keeps its own indices
             yield batch
-        self.sampler.offset = 0
-        self.sampler.epoch = epoch
 
 
 @dataclass(frozen=True)

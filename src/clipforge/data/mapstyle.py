@@ -1,7 +1,7 @@
 """Map-style datasets of `Record`s decoded per sample in DataLoader workers (for sets too big to cache).
 
-The batch order comes from the main-process `EpochSampler`, so it — and a resume via `set_position` — does not
-depend on the number of workers. Augmentation is keyed by (seed, epoch, index) and runs on the whole batch in
+The batch order comes from the main-process `EpochSampler`, so it — and a resume via `load_state_dict` — does
+not depend on the number of workers. Augmentation is keyed by (seed, epoch, index) and runs on the whole batch in
 the worker's collate. Skipped samples shrink their batch and are counted in `RecordLoader.skips`.
 """
 
@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch
 from clipforge.data.cache import fit_square
-from clipforge.data.captions import PromptCaptioner, Tokenizer, default_tokenizer
+from clipforge.data.captions import PromptCaptioner, Tokenizer
 from clipforge.data.errors import SkipCounter, SkipSample
 from clipforge.data.records import Record, decode_caption, decode_image
-from clipforge.data.sampler import EpochBatchSampler, EpochSampler
+from clipforge.data.sampler import EpochBatchSampler, EpochSampler, SamplerPosition
 from clipforge.data.webdataset import seed_worker
+from clipforge.tokenizer import default_tokenizer
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class RecordCollate:
             if item.skip:
                 skips.add(item.skip)
         kept = [item for item in items if not item.skip]
-        batch: dict = {"_skips": skips.as_dict()}
+        batch: dict = {"_skips": skips.as_dict(), "_requested": len(items)}
         if not kept:
             return batch
         epoch = self.epoch
@@ -89,8 +90,9 @@ class RecordCollate:
         return batch
 
 
-class RecordLoader:
-    """Worker-decoded batches {"images", "text", "labels", "index"} in the sampler's order."""
+class RecordLoader(SamplerPosition):
+    """Worker-decoded batches {"images", "text", "labels", "index"} in the sampler's order (the one loader
+    protocol of `clipforge.data.protocol`); a batch shrinks by its skipped samples."""
 
     def __init__(
         self,
@@ -103,19 +105,21 @@ class RecordLoader:
     ):
         if sampler.num_samples != len(dataset):
             raise ValueError(f"sampler covers {sampler.num_samples} samples, dataset has {len(dataset)}")
+        if not sampler.batch_size:
+            raise ValueError("RecordLoader needs a sampler with batch_size")
         self.dataset, self.sampler, self.augment = dataset, sampler, augment
         self.captioner, self.num_workers = captioner, num_workers
         self.tokenizer = tokenizer or default_tokenizer()
         self.skips = SkipCounter()
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def state_dict(self) -> dict:
+        """The sampler's {"epoch", "offset", "seed"} (offset: samples requested so far, skipped ones included)
+        and the skip counts so far."""
+        return {**super().state_dict(), "skips": self.skips.as_dict()}
 
-    def set_position(self, epoch: int, offset: int) -> None:
-        self.sampler.set_position(epoch, offset)
-
-    def __len__(self) -> int:
-        return -(-len(self.sampler) // self.sampler.batch_size)
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.skips = SkipCounter(state.get("skips"))
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.sampler.epoch
@@ -127,7 +131,10 @@ class RecordLoader:
             num_workers=self.num_workers, worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.sampler.seed * 1_000_003 + epoch),
         )  # fmt: skip
+        offset = self.sampler.offset
         for batch in loader:
+            offset += batch.pop("_requested")
+            self.sampler.offset = offset  # the DataLoader already holds its own index lists
             self.skips.merge(batch.pop("_skips"))
             if "images" in batch:
                 yield batch

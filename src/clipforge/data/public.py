@@ -7,7 +7,7 @@ Detected layouts (checked in this order):
   starts with the split are preferred); labels from `.cls`, class names from `.json` `class_name` or classes.txt;
 - a label table: a `.csv`/`.tsv`/`.jsonl` file, or a folder with `<split>.csv` (columns `path,label`);
 - ImageFolder: `ROOT/images/<split>/<class>/`, `ROOT/<split>/<class>/` or `ROOT/<class>/`.
-Everything is decoded once into a uint8 array cache (see `cache.py`).
+Everything but CIFAR pickles is decoded once into a memory-mapped uint8 array cache (see `cache.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clipforge.data.cache import cached_records, cached_shards
-from clipforge.data.captions import FixedCaptions
+from clipforge.data.captions import ImageCaptions
 from clipforge.data.cifar import load_cifar_python
 from clipforge.data.csvjsonl import read_table, table_rows
 from clipforge.data.errors import DataSourceError, SkipCounter
@@ -101,6 +101,12 @@ def detect_layout(path: str | Path, split: str = "train") -> tuple[str, object]:
     )
 
 
+def decode_size(path: str | Path, split: str, image_size: int | None) -> int | None:
+    """The `image_size` to decode `path` at: `image_size`, or None for CIFAR pickles (stored at 32x32; the
+    loader resizes them)."""
+    return None if detect_layout(path, split)[0] == "cifar" else image_size
+
+
 def open_labelled_dataset(
     path: str | Path,
     split: str = "train",
@@ -109,7 +115,7 @@ def open_labelled_dataset(
     num_workers: int = 2,
     progress: bool = True,
 ) -> LabelledArrays:
-    """A labelled image set in any public layout -> `LabelledArrays` (uint8 NHWC in memory).
+    """A labelled image set in any public layout -> `LabelledArrays` (uint8 NHWC, memory-mapped from the cache).
 
     `image_size` resizes (shorter side + centre crop) while decoding; needed when images differ in size.
     Unreadable images are skipped and counted in the result's `skips`.
@@ -158,9 +164,10 @@ def _classes_from_table(path: Path) -> list[str]:
 
 def open_caption_shards(
     shards, image_size: int | None = None, context_length: int = 77, cache_dir: str | Path | None = None,
-    num_workers: int = 2, progress: bool = True,
-) -> tuple[LabelledArrays, FixedCaptions]:  # fmt: skip
-    """Image–text shards (`.jpg` + `.txt`) decoded into memory: pass both to `ArrayLoader(data, captions, ...)`.
+    num_workers: int = 2, progress: bool = True, seed: int = 0,
+) -> tuple[LabelledArrays, ImageCaptions]:  # fmt: skip
+    """Image–text shards (`.jpg` + `.txt`) decoded once (memory-mapped): pass both to
+    `ArrayLoader(data, captions, ...)`. Each sample's caption is its own (one per image).
 
     Samples with an empty or non-UTF-8 caption or a bad image are skipped (counted in `data.skips`).
     """
@@ -168,9 +175,12 @@ def open_caption_shards(
     decoded = cached_shards(
         paths, cache_dir, image_size, want_captions=True, num_workers=num_workers, progress=progress
     )
+    if len(decoded) == 0:
+        raise DataSourceError(paths[0], f"no usable image-caption sample in {len(paths)} shard(s): "
+                              f"{decoded.skips.summary()}")  # fmt: skip
     decoded.labels = (
         np.full(len(decoded), -1, dtype=np.int64) if decoded.labels.min(initial=0) < 0 else decoded.labels
     )
     classes = [decoded.class_names.get(i, str(i)) for i in range(int(decoded.labels.max(initial=-1)) + 1)]
     data = LabelledArrays.from_arrays(decoded, classes, source=f"shards:{paths[0].parent}")
-    return data, FixedCaptions(decoded.captions, context_length)
+    return data, ImageCaptions([[c] for c in decoded.captions], seed, context_length)

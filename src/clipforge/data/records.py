@@ -24,15 +24,16 @@ class Record:
     key: str = ""
 
 
-def read_image_bytes(image: Path | bytes) -> bytes:
+def read_image_bytes(image: Path | bytes, key: str = "") -> bytes:
     if isinstance(image, bytes):
         return image
+    where = f"{key}: {image}" if key else str(image)
     try:
         return Path(image).read_bytes()
     except FileNotFoundError as e:
-        raise SkipSample(MISSING_FILE, str(image)) from e
+        raise SkipSample(MISSING_FILE, where) from e
     except OSError as e:
-        raise SkipSample(MISSING_FILE, f"{image}: {e}") from e
+        raise SkipSample(MISSING_FILE, f"{where}: {e}") from e
 
 
 def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
@@ -54,7 +55,7 @@ def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
 def decode_image(image: Path | bytes, key: str = "") -> np.ndarray:
     """Encoded image -> (H, W, 3) uint8 RGB, decoded as `clipforge.decode.decode_rgb` does (EXIF orientation
     applied, 16-bit scaled); unreadable, truncated or oversized files raise `SkipSample`."""
-    data = read_image_bytes(image)
+    data = read_image_bytes(image, key)
     if data[:3] == b"\xff\xd8\xff" and exif_orientation(data) == 1:
         fast = _decode_jpeg_fast(data)
         if fast is not None:

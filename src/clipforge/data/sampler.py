@@ -60,6 +60,13 @@ class EpochSampler:
             count -= count % self.batch_size
         return count
 
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches of this rank per epoch (the last one partial unless `drop_last`)."""
+        if not self.batch_size:
+            raise ValueError("EpochSampler.batches_per_epoch needs batch_size")
+        return -(-self.samples_per_rank // self.batch_size)
+
     def __len__(self) -> int:
         return self.samples_per_rank - self.offset
 
@@ -76,7 +83,9 @@ class EpochSampler:
         """The remaining indices in batches of `batch_size` (last one partial unless `drop_last`)."""
         if not self.batch_size:
             raise ValueError("EpochSampler.batches() needs batch_size")
-        yield from torch.split(self.indices(), self.batch_size)
+        remaining = self.indices()
+        if len(remaining):  # (torch.split of an empty tensor gives one empty chunk)
+            yield from torch.split(remaining, self.batch_size)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed}
@@ -104,3 +113,27 @@ class EpochBatchSampler:
     def __len__(self) -> int:
         size = self.sampler.batch_size
         return -(-len(self.sampler) // size)
+
+
+class SamplerPosition:
+    """The loader protocol's position members for a loader whose order is an `EpochSampler` (`self.sampler`)."""
+
+    sampler: EpochSampler
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        """{"epoch", "offset", "seed"}: `load_state_dict` continues with the batch after the last one handed out."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)

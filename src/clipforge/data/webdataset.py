@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipforge.data.augment import AugmentConfig, augment_batch, eval_batch
 from clipforge.data.cache import CAPTION_KEYS, fit_square, sample_image_bytes, sample_label
-from clipforge.data.captions import PromptCaptioner, Tokenizer, default_tokenizer
+from clipforge.data.captions import PromptCaptioner, Tokenizer
 from clipforge.data.errors import MISSING_FIELD, SkipCounter, SkipSample
 from clipforge.data.records import decode_caption, decode_image
 from clipforge.data.tarshards import expand_shards, iter_shard
+from clipforge.tokenizer import default_tokenizer
 
 SHARD_STRIDE = 2**32  # sample index = shard number * SHARD_STRIDE + offset in the shard
 

@@ -1,4 +1,5 @@
-"""The one CLIP model class: an image tower, a text tower and a learned temperature."""
+"""The one CLIP model class: an image tower, a text tower, a learned temperature and (sigmoid-loss models such
+as SigLIP) a learned logit bias."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ class CLIPOutput:
     image_features: Tensor  # (B, E)
     text_features: Tensor  # (B, E)
     logit_scale: Tensor  # () the exponentiated temperature
+    logit_bias: Tensor | None = None  # () models trained with the sigmoid loss; None otherwise
 
     def logits_per_image(self) -> Tensor:  # (B_img, B_txt)
-        return self.logit_scale * self.image_features @ self.text_features.T
+        logits = self.logit_scale * self.image_features @ self.text_features.T
+        return logits if self.logit_bias is None else logits + self.logit_bias
 
 
 def build_visual(config: CLIPConfig) -> nn.Module:
     if config.vision.kind == "vit":
-        return VisionTransformer(config.vision, config.embed_dim, config.activation)
+        return VisionTransformer(config.vision, config.embed_dim, config.vision_activation)
     if config.vision.kind == "resnet":
         return ModifiedResNet(config.vision, config.embed_dim)
     raise ValueError(f"vision.kind must be 'vit' or 'resnet', got {config.vision.kind!r}")
@@ -39,8 +42,10 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = config
         self.visual = build_visual(config)
-        self.text = TextTransformer(config.text, config.embed_dim, config.activation)
+        self.text = TextTransformer(config.text, config.embed_dim, config.text_activation)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        bias = config.init_logit_bias
+        self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
 
     @property
     def context_length(self) -> int:
@@ -63,6 +68,7 @@ class CLIP(nn.Module):
             image_features=self.encode_image(images, normalize=True),
             text_features=self.encode_text(text, normalize=True),
             logit_scale=self.logit_scale.exp(),
+            logit_bias=self.logit_bias,
         )
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:

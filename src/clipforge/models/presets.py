@@ -6,55 +6,41 @@ names (`ViT-B/32`, ...) are aliases of the `-quickgelu` presets. Every hyper-par
 show (head counts, activation, preprocessing) is written here explicitly, so a named model never depends on a
 shape guess. `models.config` turns these specs into frozen `CLIPConfig`s.
 
-Spec keys: embed_dim; vision {kind, image_size, width, layers, patch_size?, head_width, mlp_ratio?};
-text {context_length?, vocab_size?, width, heads, layers}; activation; preprocess {image_size, ...}.
+Spec keys: embed_dim; vision {kind, image_size, width, layers, head_width, and any other VisionConfig field};
+text {any TextConfig field}; activation; init_logit_bias; preprocess {any PreprocessConfig field}. Only values
+that differ from the config defaults are written.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from clipforge.models.zoo_specs import OPEN_CLIP_SPECS, OPEN_CLIP_UNSUPPORTED
+
 Spec = dict[str, Any]
+
+__all__ = [
+    "OPEN_CLIP_SPECS",
+    "OPEN_CLIP_UNSUPPORTED",
+    "QUICKGELU_VARIANTS",
+    "CLIPFORGE_SPECS",
+    "OPENAI_NAMES",
+]
 
 
 def _text(width: int, heads: int, layers: int = 12) -> Spec:
     return {"width": width, "heads": heads, "layers": layers}
 
 
-def _resnet(embed_dim: int, image_size: int, layers: tuple[int, ...], width: int, text_width: int) -> Spec:
-    vision = {"kind": "resnet", "image_size": image_size, "width": width, "layers": layers, "head_width": 64}
-    return {"embed_dim": embed_dim, "vision": vision, "text": _text(text_width, text_width // 64)}
-
-
-def _vit(
-    embed_dim: int, image_size: int, width: int, layers: int, patch: int, text: Spec, head_width: int = 64
-):
-    vision = {"kind": "vit", "image_size": image_size, "width": width, "layers": layers, "patch_size": patch,
-              "head_width": head_width}  # fmt: skip
-    return {"embed_dim": embed_dim, "vision": vision, "text": text}
-
-
-# open_clip architectures whose towers are clipforge's ViT / ModifiedResNet and text transformer (GELU).
-OPEN_CLIP_SPECS: dict[str, Spec] = {
-    "RN50": _resnet(1024, 224, (3, 4, 6, 3), 64, 512),
-    "RN101": _resnet(512, 224, (3, 4, 23, 3), 64, 512),
-    "RN50x4": _resnet(640, 288, (4, 6, 10, 6), 80, 640),
-    "RN50x16": _resnet(768, 384, (6, 8, 18, 8), 96, 768),
-    "RN50x64": _resnet(1024, 448, (3, 15, 36, 10), 128, 1024),
-    "ViT-B-32": _vit(512, 224, 768, 12, 32, _text(512, 8)),
-    "ViT-B-16": _vit(512, 224, 768, 12, 16, _text(512, 8)),
-    "ViT-L-14": _vit(768, 224, 1024, 24, 14, _text(768, 12)),
-    "ViT-L-14-336": _vit(768, 336, 1024, 24, 14, _text(768, 12)),
-    # ViT-H: 1280 wide with 16 heads of width 80 (width // 64 = 20 would be wrong).
-    "ViT-H-14": _vit(1024, 224, 1280, 32, 14, _text(1024, 16, 24), head_width=80),
-    "ViT-H-14-378": _vit(1024, 378, 1280, 32, 14, _text(1024, 16, 24), head_width=80),
-}
+# open_clip's architectures whose towers clipforge implements (ViT incl. the SigLIP layout, ModifiedResNet, text
+# transformer), one spec per open_clip config name, generated from open_clip's JSON configs by
+# benchmarks/zoo_specs.py; OPEN_CLIP_UNSUPPORTED names the others with the option clipforge lacks.
+# ViT-H, for one, is 1280 wide with 16 heads of width 80 (width // 64 = 20 would be wrong).
 
 # The open_clip configs that also exist as `<name>-quickgelu`.
-QUICKGELU_VARIANTS: tuple[str, ...] = (
-    "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64",
-    "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-H-14-378",
-)  # fmt: skip
+QUICKGELU_VARIANTS: tuple[str, ...] = tuple(
+    name.removesuffix("-quickgelu") for name in OPEN_CLIP_SPECS if name.endswith("-quickgelu")
+)
 
 # Small presets: seconds on a CPU, same code paths as the big ones (GELU, explicit heads).
 CLIPFORGE_SPECS: dict[str, Spec] = {

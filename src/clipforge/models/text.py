@@ -1,4 +1,5 @@
-"""Causal text transformer; features are taken at the end-of-text token."""
+"""Text transformer: causal (OpenAI/open_clip) or bidirectional (CLIPA, SigLIP), features taken at one token
+(the end-of-text token, the first `eos_id`, or a fixed first/last position: `TextConfig.pool`)."""
 
 from __future__ import annotations
 
@@ -30,52 +31,93 @@ class TextTransformer(nn.Module):
     def __init__(self, config: TextConfig, embed_dim: int, activation: str):
         super().__init__()
         self.context_length = config.context_length
+        self.causal = config.causal
+        self.pool = config.pool
+        self.eos_id = config.eos_id
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
         self.transformer = Transformer(
-            config.width, config.layers, config.heads, config.mlp_ratio, activation
+            config.width, config.layers, config.heads, config.mlp_ratio, activation, config.norm_eps
         )
-        self.ln_final = nn.LayerNorm(config.width)
-        self.text_projection = nn.Parameter(torch.empty(config.width, embed_dim))
-        # Exact trimming: attention is causal and we pool at the end-of-text token, so positions after
-        # the longest sequence in the batch cannot change any output. Export code switches it off. CPU
-        # only: reading the lengths is a host synchronisation, which on an accelerator stalls the queue.
+        self.ln_final = nn.LayerNorm(config.width, eps=config.norm_eps)
+        self.text_projection = (
+            nn.Parameter(torch.empty(config.width, embed_dim)) if config.projection else None
+        )
+        self.text_projection_bias = nn.Parameter(torch.zeros(embed_dim)) if config.projection_bias else None
+        # Exact trimming: with a causal mask and pooling at the EOT (or first) token, positions after the
+        # longest sequence in the batch cannot change any output. Export code switches it off; a bidirectional
+        # tower or "last" pooling never trims (`trims_exactly`). CPU only: reading the lengths is a host
+        # synchronisation, which on an accelerator stalls the queue.
         self.trim_to_longest = True
         # Large batches of mixed lengths run as length-sorted groups of >= group_rows rows, each trimmed to
         # its own longest text (rows are independent: same outputs, less padding computed).
         self.group_rows = 32
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        nn.init.normal_(self.text_projection, std=config.width**-0.5)
+        if self.text_projection is not None:
+            nn.init.normal_(self.text_projection, std=config.width**-0.5)
         self.transformer.init_weights()
 
+    @property
+    def trims_exactly(self) -> bool:
+        """Whether dropping the positions after the pooled token leaves every output unchanged."""
+        return self.causal and self.pool != "last"
+
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether `forward_packed` (shared-prefix packing, models.prefix) is exact for this tower: a causal
+        mask, and pooling at the end-of-text token that packing finds as the largest id."""
+        return self.causal and self.pool == "argmax"
+
+    def pool_index(self, text: Tensor) -> Tensor:  # (B, L) token ids -> (B,) pooled position
+        if self.pool == "argmax":
+            return text.argmax(dim=-1)  # EOT is the largest id
+        if self.pool == "eos":
+            return (text == self.eos_id).int().argmax(dim=-1)  # the first eos_id (0 if none, as open_clip)
+        position = 0 if self.pool == "first" else text.shape[1] - 1
+        return torch.full((text.shape[0],), position, dtype=torch.long, device=text.device)
+
     def features(self, text: Tensor) -> Tensor:
-        """End-of-text features before the projection. text: (B, L) token ids, EOT = largest id."""
-        eot = text.argmax(dim=-1)  # (B,)
-        if not self.trim_to_longest or text.device.type != "cpu" or torch.jit.is_tracing():
-            return self._features(text, eot)
-        groups = length_groups(eot, self.group_rows)
+        """Pooled features before the projection: (B, L) token ids -> (B, W)."""
+        index = self.pool_index(text)  # (B,)
+        if (
+            not (self.trim_to_longest and self.trims_exactly)
+            or text.device.type != "cpu"
+            or torch.jit.is_tracing()
+        ):
+            return self._features(text, index)
+        groups = length_groups(index, self.group_rows)
         if len(groups) == 1:
-            return self._features(text[:, : int(eot.max()) + 1], eot)  # (B, L') with L' <= L
-        parts = [self._features(text[index, : int(eot[index].max()) + 1], eot[index]) for index in groups]
+            return self._features(text[:, : int(index.max()) + 1], index)  # (B, L') with L' <= L
+        parts = [self._features(text[rows, : int(index[rows].max()) + 1], index[rows]) for rows in groups]
         order = torch.cat(groups)  # row order of torch.cat(parts)
         return torch.cat(parts)[torch.argsort(order)]  # (B, W) back in input order
 
-    def _features(self, text: Tensor, eot: Tensor) -> Tensor:
+    def _features(self, text: Tensor, index: Tensor) -> Tensor:
         L = text.shape[1]
         x = self.token_embedding(text) + self.positional_embedding[:L].to(self.token_embedding.weight.dtype)
-        x = self.transformer.forward_pooled(x, eot, causal=True)  # (B, W) at the EOT token
+        x = self.transformer.forward_pooled(x, index, causal=self.causal)  # (B, W) at the pooled token
         return self.ln_final(x)  # LayerNorm is per token: applying it after pooling is identical
 
+    def project(self, features: Tensor) -> Tensor:  # (..., W) -> (..., E)
+        if self.text_projection is not None:
+            features = features @ self.text_projection
+        return features if self.text_projection_bias is None else features + self.text_projection_bias
+
     def forward(self, text: Tensor) -> Tensor:
-        return self.features(text) @ self.text_projection  # (B, E)
+        return self.project(self.features(text))  # (B, E)
 
     def forward_packed(self, pack: PrefixPack) -> Tensor:
         """Projected features of the texts in a shared-prefix pack, in `pack.texts` order: (T, E). Equal to
         forward() on those texts: every node sees exactly its own prefix, at its own positions."""
+        if not self.shares_prefixes:
+            raise ValueError(
+                f"prefix packing needs a causal text tower pooled at the EOT token (this one: causal="
+                f"{self.causal}, pool={self.pool!r}); encode without share_prefixes"
+            )
         device = self.token_embedding.weight.device
         x = self.token_embedding(pack.tokens.to(device))  # (R, N, W)
         x = x + self.positional_embedding[pack.positions.to(device)].to(x.dtype)
         x = self.transformer.forward_pooled(x, pack.eot.to(device), mask=pack.mask.to(device))  # (R, Q, W)
         x = x.reshape(-1, x.shape[-1])[pack.slots.to(device)]  # (T, W)
-        return self.ln_final(x) @ self.text_projection  # (T, E)
+        return self.project(self.ln_final(x))  # (T, E)

@@ -22,7 +22,9 @@ def make_activation(name: str) -> nn.Module:
         return QuickGELU()
     if name == "gelu":
         return nn.GELU()
-    raise ValueError(f"activation must be 'gelu' or 'quick_gelu', got {name!r}")
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"activation must be 'gelu', 'quick_gelu' or 'gelu_tanh', got {name!r}")
 
 
 class Attention(nn.Module):
@@ -68,11 +70,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str, norm_eps: float = 1e-5):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = Attention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
     def forward(self, x: Tensor, causal: bool, mask: Tensor | None = None) -> Tensor:  # (B, L, D)
@@ -88,10 +90,14 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, activation: str):
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_ratio: float, activation: str, norm_eps: float = 1e-5
+    ):
         super().__init__()
         self.width = width
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, activation) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio, activation, norm_eps) for _ in range(layers)
+        )
         self.grad_checkpointing = False
 
     def forward(self, x: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:  # (B, L, D)

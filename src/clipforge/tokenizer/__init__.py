@@ -12,10 +12,15 @@ from clipforge.tokenizer.hf_export import write_hf_tokenizer_files
 from clipforge.tokenizer.tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer
 
 
-@lru_cache(maxsize=1)
-def default_tokenizer() -> Tokenizer:
-    """The process-wide tokenizer behind `tokenize` (built on first use, ~0.3 s)."""
-    return Tokenizer()
+@lru_cache(maxsize=8)
+def default_tokenizer(context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
+    """The one shared tokenizer for texts fed to a model with this context length: long texts are truncated
+    (the last kept token is EOT), as open_clip's. Built on first use per length (the BPE vocabulary is loaded
+    once); picklable, so DataLoader workers rebuild it from the vocabulary file.
+
+    Pass `model.context_length` for a model's text tower; `tokenize` uses the 77-token one with
+    `truncate=False` unless told otherwise."""
+    return Tokenizer(context_length=context_length, truncate=True)
 
 
 def tokenize(
@@ -25,7 +30,7 @@ def tokenize(
 
     Too-long texts raise ValueError unless `truncate=True` (then the last kept token is EOT).
     """
-    return default_tokenizer()(texts, context_length=context_length, truncate=truncate)
+    return default_tokenizer(context_length)(texts, truncate=truncate)
 
 
 def get_tokenizer(name: str | None = None) -> Tokenizer:
@@ -38,7 +43,7 @@ def get_tokenizer(name: str | None = None) -> Tokenizer:
         from clipforge.models.config import get_config
 
         context_length = get_config(name).text.context_length
-    return Tokenizer(context_length=context_length, truncate=True)
+    return default_tokenizer(context_length)
 
 
 __all__ = [

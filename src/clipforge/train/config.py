@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 from clipforge.overrides import ConfigError
 
@@ -20,19 +20,39 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class AugmentSection:
+    """Train-time augmentation of each uint8 batch (clipforge.data.augment); output size, mean and std are the
+    model's. Random numbers come from (seed, epoch, sample index), so resumed runs see the same pixels."""
+
+    kind: Literal["crop_flip", "resized_crop_flip", "none"] = "crop_flip"
+    padding: int = 4  # crop_flip: reflect-pad by this much, then crop back to size (CIFAR style)
+    scale: tuple[float, float] = (0.5, 1.0)  # resized_crop_flip: crop area as a fraction of the image
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # resized_crop_flip: crop aspect (width / height) range
+    flip: bool = True  # random horizontal flip
+
+
+@dataclass(frozen=True)
 class DataSection:
-    # synthetic | csv (image path + caption/class_name table) | labelled (any labelled layout: WebDataset shards
-    # with .cls, CIFAR pickles, ImageFolder, label tables; captions from `templates`) | shards (image-caption
-    # WebDataset shards, .jpg + .txt) | custom (pass train_data= to fit())
-    kind: Literal["synthetic", "csv", "labelled", "shards", "custom"] = "synthetic"
-    path: str | None = None  # csv/labelled/shards: the file, folder, glob or shard pattern
+    # synthetic: noisy colour images named by their colour | labelled: any labelled layout (WebDataset shards
+    # with .cls, CIFAR pickles, ImageFolder, path/label tables), captions from `templates` | table: an
+    # image-caption CSV/TSV/JSONL (path, caption[, split]), several rows per image: one caption per image per
+    # epoch | shards: image-caption WebDataset shards (.jpg + .txt) | custom: pass train_data= to fit()
+    kind: Literal["synthetic", "labelled", "table", "shards", "custom"] = "synthetic"
+    path: str | None = None  # labelled/table/shards: the file, folder, glob or shard pattern
+    split: str | None = None  # labelled: the layout's split (null: train); table: keep rows whose `split`
+    # column equals it (a table with such a column needs one, e.g. train)
     templates: tuple[
         str, ...
-    ] = ()  # labelled: caption templates ("a photo of a {}."); empty = the data defaults
-    caption_template: str = "a photo of a {}."  # csv with class_name: how a label becomes a caption
+    ] = ()  # labelled/synthetic captions; empty: the defaults (12 / "a photo of a {}.")
+    decode_size: int | None = None  # images are decoded once at this size (shorter side + centre crop) into a
+    # memory-mapped cache; null: the model's image size. Larger leaves detail for random resized crops
+    cache_dir: str | None = (
+        None  # the decode cache (null: $CLIPFORGE_CACHE/images or ~/.cache/clipforge/images)
+    )
+    augment: AugmentSection = field(default_factory=AugmentSection)
     batch_size: int = 64  # pairs per optimizer step on each rank (global batch = batch_size * world size)
     accum_steps: int = 1  # micro-batches per step; the loss still sees the whole batch (GradCache)
-    num_workers: int = 0
+    num_workers: int = 2  # processes decoding the cache on its first run
     shuffle: bool = True
     num_samples: int = 512  # synthetic only
     num_classes: int = 10  # synthetic only
@@ -52,12 +72,13 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class LossSection:
-    # contrastive (CLIP) | bag-of-words | captioning | supervised (the paper's comparisons, issue #9; the
-    # last three need labelled data: data.kind=labelled)
-    objective: Literal["contrastive", "bag-of-words", "captioning", "supervised"] = "contrastive"
+    # a name registered with clipforge.train.objectives.register_objective: the library's "contrastive" (CLIP),
+    # or one that other code registers (see docs/training.md, "Objectives")
+    objective: str = "contrastive"
     local_loss: bool = False  # each rank computes only its rows of the similarity matrix
     gather_with_grad: bool = True  # exact gradients across ranks (False: cheaper approximation)
     max_logit_scale: float = 100.0  # exp(logit_scale) is clamped to this after every step
+    dedup_text: bool = False  # encode each distinct caption of a batch once (same result; template captions)
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,8 @@ class LogSection:
 @dataclass(frozen=True)
 class EvalSection:
     zeroshot_every_steps: int = 0  # 0: only at the end (when zeroshot_data is set)
-    zeroshot_data: str | None = None  # CSV with `path`, `label`, `class_name` columns (e.g. cifar10 test.csv)
+    zeroshot_data: str | None = None  # any labelled layout (e.g. ../shared/data/cifar10 or its test.csv)
+    zeroshot_split: str = "test"  # the split of zeroshot_data's layout (ignored for a single table file)
     templates: tuple[str, ...] = ("a photo of a {}.",)
     max_images: int = 1000
     batch_size: int = 256
@@ -126,55 +148,20 @@ class TrainConfig:
                 "model.lock_image and lock_text: nothing to train",
             ),
             (
-                self.data.kind != "csv" or self.data.path is not None,
-                "data.path is required when data.kind=csv",
+                self.data.kind in ("synthetic", "custom") or self.data.path is not None,
+                f"data.path is required when data.kind={self.data.kind}",
+            ),
+            (self.data.augment.padding >= 0, "data.augment.padding must be >= 0"),
+            (
+                0 < self.data.augment.scale[0] <= self.data.augment.scale[1] <= 1,
+                "data.augment.scale must be [low, high] with 0 < low <= high <= 1",
+            ),
+            (
+                0 < self.data.augment.ratio[0] <= self.data.augment.ratio[1],
+                "data.augment.ratio must be [low, high] with 0 < low <= high",
             ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"config: {message}")
         return self
-
-
-class Recipe(Protocol):
-    """The fields of a fixed-budget recipe (demo.DemoConfig, experiments.runs.RunSettings)."""
-
-    model: str
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    eval_points: int
-    seed: int
-    progress: bool
-
-
-def in_memory_run(
-    recipe: Recipe,
-    total_steps: int,
-    epochs: int,
-    output_dir: str,
-    templates: tuple[str, ...] = EvalSection.templates,
-    checkpoint_every_steps: int = 0,
-) -> TrainConfig:
-    """The CPU fp32 run of a fixed step budget that the demo and the experiments train: data supplied by the
-    caller (`data.kind=custom`), zero-shot evaluated `recipe.eval_points` times (0: never), one checkpoint."""
-    return TrainConfig(
-        model=ModelSection(name=recipe.model),
-        data=DataSection(kind="custom", batch_size=recipe.batch_size),
-        optim=OptimSection(
-            lr=recipe.lr, weight_decay=recipe.weight_decay, warmup_steps=min(recipe.warmup_steps, total_steps)
-        ),
-        checkpoint=CheckpointSection(every_steps=checkpoint_every_steps, keep_last=1, best_metric="none"),
-        log=LogSection(every_steps=10, progress=recipe.progress, plot=False),
-        eval=EvalSection(
-            zeroshot_every_steps=max(1, total_steps // recipe.eval_points) if recipe.eval_points > 0 else 0,
-            templates=tuple(templates),
-        ),
-        output_dir=output_dir,
-        epochs=epochs,
-        max_steps=total_steps,
-        seed=recipe.seed,
-        device="cpu",
-        precision="fp32",
-    )  # fit() validates it

@@ -1,33 +1,34 @@
-"""`fit`: the training loop. Any objective module with `loss(batch) -> {"loss": ...}` trains here."""
+"""`fit`: the training loop. It consumes one loader protocol (clipforge.data.protocol) and trains an objective
+looked up in the registry (clipforge.train.objectives); any module with `loss(batch) -> {"loss": ...}` trains."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from clipforge.data.protocol import TrainData, check_train_data
 from clipforge.device import autocast_dtype, resolve_precision
 from clipforge.models.resnet import ModifiedResNet
 from clipforge.overrides import to_dict
 from clipforge.results import markdown_table, write_results
 from clipforge.train import distributed as D
 from clipforge.train.config import TrainConfig
-from clipforge.train.loader import IndexedLoader, TrainData, as_train_data
+from clipforge.train.data import build_train_data, build_zeroshot_eval
 from clipforge.train.metrics import MetricsLogger, ZeroShotEval, plot_curves
-from clipforge.train.objectives import ContrastiveObjective
+from clipforge.train.objectives import build_objective
 from clipforge.train.optim import build_optimizer, keep_locked_in_eval, lock_towers
 from clipforge.train.schedule import LRSchedule
+from clipforge.train.seeding import global_state_restored, seed_everything
 from clipforge.train.state import CheckpointManager, capture_rng, load_state, restore_rng
 from clipforge.train.step import accumulate_gradients
 
@@ -63,93 +64,6 @@ def build_model(config: TrainConfig) -> nn.Module:
     return create_model(section.name, pretrained=section.pretrained).train()
 
 
-def build_train_data(config: TrainConfig, model: nn.Module, info: D.DistInfo) -> TrainData:
-    from clipforge.train.datasets import CsvPairs, SyntheticPairs
-
-    data = config.data
-    if data.kind == "synthetic":
-        dataset = SyntheticPairs(
-            data.num_samples,
-            model.config.vision.image_size,
-            model.context_length,
-            data.num_classes,
-            config.seed,
-        )
-    elif data.kind == "csv":
-        from clipforge.transforms import image_transform
-
-        dataset = CsvPairs(
-            data.path, image_transform(model.config.preprocess), model.context_length, data.caption_template
-        )
-    elif data.kind in ("labelled", "shards"):
-        return array_loader(config, model, info)
-    else:
-        raise ValueError("data.kind=custom: pass train_data= to fit()")
-    return IndexedLoader(
-        dataset,
-        data.batch_size,
-        seed=config.seed,
-        shuffle=data.shuffle,
-        rank=info.rank,
-        world_size=info.world_size,
-        num_workers=data.num_workers,
-    )
-
-
-def array_loader(config: TrainConfig, model: nn.Module, info: D.DistInfo):
-    """Decode-once in-memory loaders of clipforge.data: exact resume at any worker count, batched augmentation."""
-    from clipforge.data import (
-        ArrayLoader,
-        AugmentConfig,
-        EpochSampler,
-        LabelledLoaderConfig,
-        labelled_loader,
-        open_caption_shards,
-        open_labelled_dataset,
-    )
-
-    data, size = config.data, model.config.vision.image_size
-    if data.path is None:
-        raise ValueError(f"data.path is required for data.kind={data.kind}")
-    augment = AugmentConfig(
-        image_size=size, mean=model.config.preprocess.mean, std=model.config.preprocess.std
-    )
-    progress = info.is_main and config.log.progress
-    if data.kind == "shards":
-        arrays, captions = open_caption_shards(data.path, size, model.context_length, progress=progress)
-        sampler = EpochSampler(
-            len(arrays), config.seed, data.shuffle, info.rank, info.world_size, data.batch_size, True
-        )
-        return ArrayLoader(arrays, captions, sampler, augment)
-    arrays = open_labelled_dataset(data.path, "train", image_size=size, progress=progress)
-    loader_config = LabelledLoaderConfig(
-        batch_size=data.batch_size, seed=config.seed, context_length=model.context_length, augment=augment,
-        shuffle=data.shuffle, **({"templates": tuple(data.templates)} if data.templates else {}),
-    )  # fmt: skip
-    return labelled_loader(arrays, loader_config, info.rank, info.world_size)
-
-
-def build_zeroshot_eval(config: TrainConfig, model: nn.Module) -> ZeroShotEval | None:
-    if config.eval.zeroshot_data is None:
-        return None
-    from clipforge.train.datasets import load_labelled_csv
-    from clipforge.transforms import image_transform
-
-    images, labels, classnames = load_labelled_csv(
-        config.eval.zeroshot_data, image_transform(model.config.preprocess), config.eval.max_images
-    )
-    return ZeroShotEval(images, labels, classnames, list(config.eval.templates), config.eval.batch_size)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
 def fit(
     config: TrainConfig,
     *,
@@ -161,14 +75,16 @@ def fit(
 ) -> dict[str, Any]:
     """Train per `config`; returns the results dict (also written to output_dir/train.json on rank 0).
 
-    model: default `build_model(config)`; train_data: default from config.data; see loader.TrainData (or a
-    loader with set_position(epoch, offset) + __iter__, as clipforge.data's);
-    objective: default ContrastiveObjective(model); zeroshot: default from config.eval.zeroshot_data.
-    callbacks: called as cb(event, info) with event "step" (after each optimizer step) or "checkpoint"."""
+    model: default `build_model(config)`; train_data: a loader of the one protocol (clipforge.data.protocol),
+    default from config.data; objective: default the registered `config.loss.objective` around the model;
+    zeroshot: default from config.eval.zeroshot_data. callbacks: called as cb(event, info) with event "step"
+    (after each optimizer step) or "checkpoint". The process's RNG states and deterministic-mode flags are
+    restored on return."""
     config.validate()
     info = D.init_distributed(config.device)
     try:
-        return _Run(config, info, model, train_data, objective, zeroshot, callbacks).run()
+        with global_state_restored():
+            return _Run(config, info, model, train_data, objective, zeroshot, callbacks).run()
     finally:
         D.shutdown_distributed(info)
 
@@ -179,52 +95,51 @@ class _Run:
     def __init__(self, config, info, model, train_data, objective, zeroshot, callbacks):
         self.config, self.info, self.callbacks = config, info, callbacks
         seed_everything(config.seed, config.deterministic)
-        self.model = (model if model is not None else build_model(config)).to(info.device)
-        use_fast_layout(self.model, info.device)
+        self._setup_model(model)
+        data = train_data if train_data is not None else build_train_data(config, self.model, info)
+        self.train_data = check_train_data(data)
+        if self.train_data.batch_size != config.data.batch_size:
+            raise ValueError(
+                f"train_data yields batches of {self.train_data.batch_size} but data.batch_size="
+                f"{config.data.batch_size}; set data.batch_size to the loader's"
+            )
+        self.objective = objective if objective is not None else self._default_objective()
+        self.zeroshot = zeroshot if zeroshot is not None else build_zeroshot_eval(config, self.model)
+        self._setup_optimization()
+        self.output_dir = Path(config.output_dir)
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoint.keep_last)
+        self.logger = MetricsLogger(self.output_dir, info.is_main, config.log.jsonl, config.log.tensorboard)
+        self.step, self.epoch, self.best = 0, 0, -math.inf
+        self.batches_in_epoch = self.offset = self.samples_seen = 0  # this rank's, in the epoch / in total
+        self.resumed_mid_epoch = False
+        self.last_checkpoint: Path | None = None
+        self.evals: list[dict[str, float]] = []
+
+    def _setup_model(self, model: nn.Module | None) -> None:
+        config, device = self.config, self.info.device
+        self.model = (model if model is not None else build_model(config)).to(device)
+        use_fast_layout(self.model, device)
         D.broadcast_module(self.model)
         lock_towers(self.model, config.model.lock_image, config.model.lock_text)
         if config.model.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
-        if train_data is None:
-            train_data = build_train_data(config, self.model, info)
-        self.objective = objective if objective is not None else self._default_objective(train_data)
-        self.train_data = as_train_data(train_data, config.data.batch_size)
-        self.zeroshot = zeroshot if zeroshot is not None else build_zeroshot_eval(config, self.model)
-        self.precision = resolve_precision(config.precision, info.device)
-        self.scaler = torch.amp.GradScaler(info.device.type) if self.precision == "fp16" else None
+
+    def _setup_optimization(self) -> None:
+        config, optim = self.config, self.config.optim
+        self.precision = resolve_precision(config.precision, self.info.device)
+        self.scaler = torch.amp.GradScaler(self.info.device.type) if self.precision == "fp16" else None
         self.params = [p for p in self.objective.parameters() if p.requires_grad]
-        optim = config.optim
         self.optimizer = build_optimizer(self.objective, optim.lr, optim.weight_decay, optim.betas, optim.eps)
-        self.steps_per_epoch = self.train_data.samples_per_epoch // config.data.batch_size
-        self.total_steps = config.epochs * self.steps_per_epoch
+        self.total_steps = config.epochs * self.train_data.batches_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.schedule = LRSchedule(
             self.optimizer, optim.schedule, optim.lr, optim.warmup_steps, self.total_steps, optim.min_lr
         )
-        self.output_dir = Path(config.output_dir)
-        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoint.keep_last)
-        self.logger = MetricsLogger(self.output_dir, info.is_main, config.log.jsonl, config.log.tensorboard)
-        self.step, self.epoch, self.offset, self.best = 0, 0, 0, -math.inf
-        self.last_checkpoint: Path | None = None
-        self.evals: list[dict[str, float]] = []
 
-    def _default_objective(self, train_data: Any) -> nn.Module:
+    def _default_objective(self) -> nn.Module:
         loss = self.config.loss
-        if loss.objective != "contrastive":
-            from clipforge.experiments.objectives import build_objective
-
-            classes = getattr(getattr(train_data, "data", None), "classes", None)
-            templates = getattr(getattr(train_data, "captioner", None), "templates", None)
-            if not classes or not templates:
-                raise ValueError(f"loss.objective={loss.objective} needs labelled data (data.kind=labelled)")
-            return build_objective(loss.objective, self.model, classes, templates).to(self.info.device)
-        return ContrastiveObjective(
-            self.model,
-            local_loss=loss.local_loss,
-            gather_with_grad=loss.gather_with_grad,
-            max_logit_scale=loss.max_logit_scale,
-        ).to(self.info.device)
+        return build_objective(loss.objective, self.model, self.train_data, loss).to(self.info.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = autocast_dtype(self.precision)
@@ -234,8 +149,10 @@ class _Run:
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Collective (every rank must call it): gathers each rank's RNG states."""
+        """Collective (every rank must call it): gathers each rank's RNG and loader states."""
         rng = D.gather_objects(capture_rng())
+        mid_epoch = self.batches_in_epoch > 0
+        data = D.gather_objects(self.train_data.state_dict() if mid_epoch else None)
         return {
             "model": self.model.state_dict(),
             "objective_extra": {
@@ -245,9 +162,12 @@ class _Run:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng,
+            "data": data if mid_epoch else None,  # one loader state per rank, mid-epoch only
             "step": self.step,
             "epoch": self.epoch,
             "epoch_offset": self.offset,
+            "batches_in_epoch": self.batches_in_epoch,
+            "samples_seen": self.samples_seen,
             "world_size": self.info.world_size,
             "best": self.best,
             "config": to_dict(self.config),
@@ -262,17 +182,19 @@ class _Run:
                 callback("checkpoint", {"step": self.step, "path": self.last_checkpoint})
         self.saved_step = self.step
 
-    def resume(self) -> None:
+    def _find_resume_state(self) -> tuple[Path, dict[str, Any]] | None:
         target = self.config.checkpoint.resume
         if target is None:
-            return
+            return None
         if target == "auto":
-            found = self.checkpoints.latest()
-            if found is None:
-                return  # nothing yet: a fresh start
-            path, state = found
-        else:
-            path, state = Path(target), load_state(target)
+            return self.checkpoints.latest()  # None: nothing yet, a fresh start
+        return Path(target), load_state(target)
+
+    def resume(self) -> None:
+        found = self._find_resume_state()
+        if found is None:
+            return
+        path, state = found
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict({**self.objective.state_dict(), **state["objective_extra"]})
         self.optimizer.load_state_dict(state["optimizer"])
@@ -285,17 +207,27 @@ class _Run:
                 "the rest of this epoch is split differently (some samples may repeat or be skipped)",
                 stacklevel=2,
             )
-        rng = state["rng"]
-        restore_rng(rng[self.info.rank] if len(rng) == self.info.world_size else rng[0])
-        self.step, self.epoch, self.offset, self.best = (
-            state["step"],
-            state["epoch"],
-            state["epoch_offset"],
-            state["best"],
-        )
+        restore_rng(self._own(state["rng"]))
+        self._resume_data(state, path)
+        self.step, self.epoch, self.best = state["step"], state["epoch"], state["best"]
         self.last_checkpoint = path
         if self.info.is_main:
             print(f"resumed from {path}: step {self.step}, epoch {self.epoch}, sample offset {self.offset}")
+
+    def _own(self, per_rank: list) -> Any:
+        """This rank's entry of a per-rank list saved in a state (rank 0's when the world size changed)."""
+        return per_rank[self.info.rank] if len(per_rank) == self.info.world_size else per_rank[0]
+
+    def _resume_data(self, state: dict[str, Any], path: Path) -> None:
+        if state.get("data") is None and state["epoch_offset"] > 0:
+            raise ValueError(f"{path}: a mid-epoch state without loader states (older format); resume cannot "
+                             "be exact: start from an end-of-epoch checkpoint")  # fmt: skip
+        if state.get("data") is not None:
+            self.train_data.load_state_dict(self._own(state["data"]))
+            self.resumed_mid_epoch = True
+        self.offset = state["epoch_offset"]
+        self.batches_in_epoch = state.get("batches_in_epoch", 0)
+        self.samples_seen = state.get("samples_seen", state["step"] * self.train_data.batch_size)
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -331,6 +263,9 @@ class _Run:
         start_step, start_time = self.step, time.perf_counter()
         self.model.train()
         keep_locked_in_eval(self.model, self.config.model.lock_image, self.config.model.lock_text)
+        skips = getattr(self.train_data, "skips", None)
+        if skips is not None and skips.total and self.info.is_main:
+            print(f"training data: {skips.summary()}")
         progress = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -350,38 +285,47 @@ class _Run:
         return self.finish(wall_time_s, self.step - start_step)
 
     def _run_epoch(self, progress, window: _Window) -> None:
-        batches = iter(self.train_data.batches(self.epoch, self.offset))
-        device = self.info.device
+        if not self.resumed_mid_epoch:
+            self.train_data.set_epoch(self.epoch)
+        self.resumed_mid_epoch = False
+        batches = iter(self.train_data)
         while self.step < self.total_steps:
             wait_start = time.perf_counter()
             batch = next(batches, None)
-            if batch is None:  # the data ran out before samples_per_epoch: count the epoch as done
-                if self.offset:
-                    warnings.warn(
-                        f"epoch {self.epoch} ended after {self.offset} of {self.train_data.samples_per_epoch} "
-                        "samples; check the loader's samples_per_epoch",
-                        stacklevel=2,
-                    )
-                self.epoch, self.offset = self.epoch + 1, 0
-                break
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if batch is None:  # the data ran out before batches_per_epoch: count the epoch as done
+                self._data_ran_out()
+                return
+            batch = {k: v.to(self.info.device, non_blocking=True) for k, v in batch.items()}
             window.data_wait_s += time.perf_counter() - wait_start
             metrics = self.train_step(batch)
-            self.step += 1
-            self.offset += len(batch["index"])
-            window.add(metrics, len(batch["index"]) * self.info.world_size)
-            if self.offset >= self.train_data.samples_per_epoch:
-                self.epoch, self.offset = self.epoch + 1, 0
+            size = len(batch["index"])
+            self.step, self.batches_in_epoch = self.step + 1, self.batches_in_epoch + 1
+            self.offset, self.samples_seen = self.offset + size, self.samples_seen + size
+            window.add(metrics, size * self.info.world_size)
+            epoch_done = self.batches_in_epoch >= self.train_data.batches_per_epoch
+            if epoch_done:
+                self._next_epoch()
             progress.update(1)
             for callback in self.callbacks:
-                callback(
-                    "step", {"step": self.step, "epoch": self.epoch, "offset": self.offset, "batch": batch}
-                )
-            self._periodic(progress, window)
-            if self.offset == 0:
-                break  # the epoch is done (its iterator is exhausted too)
+                info = {"step": self.step, "epoch": self.epoch, "offset": self.offset, "batch": batch}
+                callback("step", info)
+            self._periodic(progress, window, end_of_epoch=epoch_done)
+            if epoch_done:
+                return
 
-    def _periodic(self, progress, window: _Window) -> None:
+    def _next_epoch(self) -> None:
+        self.epoch, self.offset, self.batches_in_epoch = self.epoch + 1, 0, 0
+
+    def _data_ran_out(self) -> None:
+        if self.batches_in_epoch:
+            warnings.warn(
+                f"epoch {self.epoch} ended after {self.batches_in_epoch} of {self.train_data.batches_per_epoch} "
+                "batches; check the loader's batches_per_epoch",
+                stacklevel=3,
+            )
+        self._next_epoch()
+
+    def _periodic(self, progress, window: _Window, end_of_epoch: bool) -> None:
         config = self.config
         if self.step % config.log.every_steps == 0 or self.step == self.total_steps:
             scalars = window.flush(self.schedule.last_lr, self.objective)
@@ -391,9 +335,9 @@ class _Run:
         every = config.eval.zeroshot_every_steps
         if self.zeroshot is not None and every and self.step % every == 0:
             improved = self.evaluate()
-        end_of_epoch = self.offset == 0 and config.checkpoint.every_steps == 0
+        epoch_checkpoint = end_of_epoch and config.checkpoint.every_steps == 0
         periodic = config.checkpoint.every_steps and self.step % config.checkpoint.every_steps == 0
-        if improved or end_of_epoch or periodic:
+        if improved or epoch_checkpoint or periodic:
             self.save(is_best=improved)
 
     def evaluate(self) -> bool:
@@ -411,17 +355,18 @@ class _Run:
 
     @property
     def images_seen(self) -> int:
-        return self.step * self.config.data.batch_size * self.info.world_size
+        return self.samples_seen * self.info.world_size
 
     def finish(self, wall_time_s: float, steps_run: int) -> dict[str, Any]:
         last_loss = next((r["train/loss"] for r in reversed(self.logger.history) if "train/loss" in r), None)
+        skips = getattr(self.train_data, "skips", None)
         results = {
             "steps": self.step,
             "total_steps": self.total_steps,
             "images_seen": self.images_seen,
             "wall_time_s": wall_time_s,
             "samples_per_s": steps_run
-            * self.config.data.batch_size
+            * self.train_data.batch_size
             * self.info.world_size
             / max(wall_time_s, 1e-9),
             "final_loss": last_loss,
@@ -431,19 +376,21 @@ class _Run:
             "output_dir": str(self.output_dir),
             "world_size": self.info.world_size,
             "precision": self.precision,
+            "data_skips": skips.as_dict() if skips is not None else {},
             "evals": self.evals,
         }
         if self.info.is_main:
-            if self.config.log.plot and self.logger.history:
-                results["curve_png"] = str(
-                    plot_curves(self.logger.history, self.output_dir / "train_curve.png")
-                )
-            rows = [{k: v for k, v in results.items() if k not in ("evals",)}]
-            summary = "# Training\n\n" + markdown_table(rows) + "\n## Zero-shot during training\n\n"
-            summary += markdown_table(self.evals)
-            results["files"] = write_results(self.output_dir, "train", results, summary)
+            self._write_summary(results)
         self.logger.close()
         return results
+
+    def _write_summary(self, results: dict[str, Any]) -> None:
+        if self.config.log.plot and self.logger.history:
+            results["curve_png"] = str(plot_curves(self.logger.history, self.output_dir / "train_curve.png"))
+        rows = [{k: v for k, v in results.items() if k not in ("evals", "data_skips")}]
+        summary = "# Training\n\n" + markdown_table(rows) + "\n## Zero-shot during training\n\n"
+        summary += markdown_table(self.evals)
+        results["files"] = write_results(self.output_dir, "train", results, summary)
 
 
 class _Window:

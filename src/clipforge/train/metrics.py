@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipforge.figures import pyplot, save_figure
+from clipforge.zeroshot.classifier import build_classifier
 
 
 class MetricsLogger:
@@ -76,7 +76,9 @@ class ZeroShotEval:
         model.eval()
         try:
             device = next(model.parameters()).device
-            classifier = class_embeddings(model, self.classnames, self.templates)  # (E, C)
+            classifier = build_classifier(
+                model, self.classnames, self.templates, cache_dir=False, progress=False
+            ).float()  # (E, C)
             correct = 0
             for start in range(0, len(self.images), self.batch_size):
                 images = self.images[start : start + self.batch_size].to(device)
@@ -86,24 +88,6 @@ class ZeroShotEval:
         finally:
             model.train(was_training)
         return {"zeroshot_top1": correct / len(self.images)}
-
-
-def class_embeddings(model: nn.Module, classnames: list[str], templates: list[str]) -> Tensor:
-    """(E, C) unit columns: per class, the renormalised mean of its prompts' unit text embeddings."""
-    try:
-        from clipforge.zeroshot import build_classifier
-    except ImportError:
-        build_classifier = None
-    if build_classifier is not None:
-        return build_classifier(model, classnames, templates, cache_dir=False, progress=False).float()
-    from clipforge import tokenize
-
-    texts = [t.format(c) for c in classnames for t in templates]
-    tokens = tokenize(texts, context_length=model.context_length, truncate=True)
-    device = next(model.parameters()).device
-    features = model.encode_text(tokens.to(device), normalize=True).float()  # (C*T, E)
-    features = features.view(len(classnames), len(templates), -1).mean(dim=1)  # (C, E)
-    return F.normalize(features, dim=-1).T
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:

@@ -1,8 +1,9 @@
 """Training state files: everything needed to continue a run bit-exactly, written atomically.
 
 A state file is `torch.save` of a dict of tensors and plain Python values (loadable with weights_only=True):
-model, optimizer, schedule and scaler states, every RNG state of every rank, the step, the epoch and the
-sample offset inside it, the best metric so far, and the effective TrainConfig as a nested dict.
+model, optimizer, schedule and scaler states, every RNG state of every rank, the step, the epoch, the sample
+offset inside it and (mid-epoch) every rank's loader `state_dict()`, the best metric so far, and the effective
+TrainConfig as a nested dict.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from clipforge.fileio import atomic_write
 
 STATE_FORMAT = "clipforge-train-state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: loader states (the one loader protocol) under "data"
 STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
 
 

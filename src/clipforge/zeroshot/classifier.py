@@ -9,7 +9,6 @@ the service, evaluation and training metrics all call it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -78,10 +77,11 @@ def classifier_cache_key(
 
 
 def model_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
-    """`clipforge.tokenize` at the model's context length, truncating long prompts."""
-    from clipforge.tokenizer import tokenize
+    """The one CLIP tokenizer wrapper, `clipforge.tokenizer.default_tokenizer`, at the model's context length
+    (truncating long prompts)."""
+    from clipforge.tokenizer import default_tokenizer
 
-    return functools.partial(tokenize, context_length=getattr(model, "context_length", 77), truncate=True)
+    return default_tokenizer(getattr(model, "context_length", 77))
 
 
 @torch.no_grad()

@@ -12,6 +12,9 @@ for zero-shot classification:
 - supervised: cross-entropy on labels; scores are the classifier logits (no language, not zero-shot).
 
 Vocabularies are compact: the BPE ids that occur in the training captions (`caption_vocabulary`).
+
+Importing this module registers bag-of-words, captioning and supervised with the trainer's objective registry
+(`loss.objective=...` in `clipforge train`), built from the training loader's `classes` and `caption_texts`.
 """
 
 from __future__ import annotations
@@ -23,21 +26,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipforge.models.transformer import Transformer
-from clipforge.train.objectives import ContrastiveObjective
+from clipforge.tokenizer import default_tokenizer
+from clipforge.train.objectives import ContrastiveObjective, register_objective
+from clipforge.zeroshot.classifier import build_classifier
 
 OBJECTIVES = ("contrastive", "bag-of-words", "captioning", "supervised")
 
 
 def _tokenize(texts: Sequence[str], context_length: int) -> Tensor:
-    from clipforge import tokenize
-
-    return tokenize(list(texts), context_length=context_length, truncate=True)
+    return default_tokenizer(context_length)(list(texts))
 
 
-def caption_vocabulary(classnames: Sequence[str], templates: Sequence[str], context_length: int) -> Tensor:
-    """(V,) sorted BPE ids occurring in every `template.format(class)` caption, SOT/EOT included."""
-    tokens = _tokenize([t.format(c) for c in classnames for t in templates], context_length)
-    ids = torch.unique(tokens)
+def template_captions(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every `template.format(class)` caption, class-major."""
+    return [t.format(c) for c in classnames for t in templates]
+
+
+def caption_vocabulary(texts: Sequence[str], context_length: int) -> Tensor:
+    """(V,) sorted BPE ids occurring in the captions, SOT/EOT included."""
+    ids = torch.unique(_tokenize(texts, context_length))
     return ids[ids != 0]  # 0 is padding
 
 
@@ -61,19 +68,19 @@ class _VocabMixin(nn.Module):
 
 
 class ContrastiveScorer(ContrastiveObjective):
-    """The trainer's CLIP loss; each distinct caption of a batch goes through the text tower once (exact)."""
+    """The trainer's CLIP loss (each distinct caption of a batch through the text tower once), scored zero-shot
+    with the library's prompt-ensembled classifier."""
 
-    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        image_features = self.model.encode_image(batch["images"], normalize=True)  # (B, E)
-        unique_text, inverse = torch.unique(batch["text"], dim=0, return_inverse=True)  # (U, L), (B,)
-        return image_features, self.model.encode_text(unique_text, normalize=True)[inverse]  # (B, E)
+    def __init__(self, model: nn.Module):
+        super().__init__(model, dedup_text=True)
 
     @torch.no_grad()
     def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-        tokens = _tokenize([t.format(c) for c in classnames for t in templates], self.model.context_length)
-        text = self.model.encode_text(tokens, normalize=True).view(len(classnames), len(templates), -1)
-        classifier = F.normalize(text.mean(dim=1), dim=-1)  # (C, E)
-        return self.model.encode_image(images, normalize=True) @ classifier.T  # (N, C)
+        classifier = build_classifier(self.model, list(classnames), list(templates), cache_dir=False,
+                                      progress=False).float()  # (E, C)  # fmt: skip
+        return self.model.encode_image(images, normalize=True).float() @ classifier.to(
+            images.device
+        )  # (N, C)
 
 
 class BagOfWordsObjective(_VocabMixin):
@@ -189,20 +196,36 @@ class SupervisedObjective(nn.Module):
         return self.head(self.model.encode_image(images))
 
 
-def build_objective(
-    name: str, model: nn.Module, classnames: Sequence[str], templates: Sequence[str]
+def make_objective(
+    name: str, model: nn.Module, classnames: Sequence[str], caption_texts: Sequence[str]
 ) -> nn.Module:
-    """One of OBJECTIVES around `model`; the vocabulary comes from the training captions."""
+    """One of OBJECTIVES around `model`; word vocabularies come from the training captions `caption_texts`."""
     if name == "contrastive":
         return ContrastiveScorer(model)
     if name == "supervised":
+        if not classnames:
+            raise ValueError(
+                "loss.objective=supervised needs labelled data (class names), e.g. data.kind=labelled"
+            )
         return SupervisedObjective(model, len(classnames))
-    vocab = caption_vocabulary(classnames, templates, model.context_length)
-    if name == "bag-of-words":
-        return BagOfWordsObjective(model, vocab)
-    if name == "captioning":
-        return CaptioningObjective(model, vocab)
-    raise ValueError(f"objective {name!r}: valid objectives are {', '.join(OBJECTIVES)}")
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective {name!r}: valid objectives are {', '.join(OBJECTIVES)}")
+    if not caption_texts:
+        raise ValueError(f"loss.objective={name} needs the training captions (the loader's caption_texts)")
+    vocab = caption_vocabulary(caption_texts, model.context_length)
+    return BagOfWordsObjective(model, vocab) if name == "bag-of-words" else CaptioningObjective(model, vocab)
+
+
+def _registered(name: str):
+    def factory(model: nn.Module, train_data, loss) -> nn.Module:
+        classes = list(getattr(train_data, "classes", []) or [])
+        return make_objective(name, model, classes, list(getattr(train_data, "caption_texts", []) or []))
+
+    return factory
+
+
+for _name in ("bag-of-words", "captioning", "supervised"):
+    register_objective(_name, _registered(_name))
 
 
 @torch.no_grad()

@@ -1,10 +1,13 @@
 """Throughput of the data path: decode (images/s), cache reload (s), in-memory loader and streaming (images/s).
 
-`measure_throughput(shards, cache_dir)` returns a dict; docs/data.md shows the command and numbers measured here.
+`python -m benchmarks.data_throughput [--shards ../shared/data/cifar10-wds] [--cache-dir /tmp/cfbench]` prints
+one JSON object; docs/data.md shows the numbers measured with it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -72,3 +75,19 @@ def _labelled_stream(shards, batch_size: int, classes: list[str], num_workers: i
     _ = captioner.token_table  # tokenise once, before the workers fork
     stream = ShardStream(shards, StreamConfig(batch_size=batch_size), captioner=captioner)
     return ShardLoader(stream, num_workers=num_workers)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shards", default="../shared/data/cifar10-wds")
+    parser.add_argument("--cache-dir", default="/tmp/cfbench")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = measure_throughput(args.shards, args.cache_dir)
+    print(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -16,21 +16,26 @@ from typing import Any
 
 from torch import Tensor
 
-from clipforge.experiments.runs import TRAIN_TEMPLATES, RunSettings, _image_size, load_splits, train_objective
-from clipforge.experiments.shifts import SEVERITIES, SHIFTS, apply_shift
+from clipforge.recipes.experiments.runs import (
+    TRAIN_TEMPLATES,
+    RunSettings,
+    _image_size,
+    load_splits,
+    train_objective,
+)
+from clipforge.recipes.experiments.shifts import SEVERITIES, SHIFTS, apply_shift
 
 
 def effective_robustness(clip_clean: float, clip_shift: float, sup_clean: float, sup_shift: float) -> float:
     return clip_shift - clip_clean * sup_shift / max(sup_clean, 1e-9)
 
 
-def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERITIES) -> dict[str, Any]:
+def _hits_per_set(settings: RunSettings, severities) -> tuple[dict[str, dict[str, Tensor]], Any]:
+    """({set name: {model: (N,) float hits}} over the clean test split and every shifted copy, the splits);
+    the same N test images in every set."""
     from clipforge.data import to_eval_tensors
     from clipforge.data.labelled import LabelledArrays
-    from clipforge.evaluate.metrics import bootstrap_ci
-    from clipforge.experiments.objectives import hits
-    from clipforge.experiments.plotting import plot_scatter
-    from clipforge.results import markdown_table, write_results
+    from clipforge.recipes.experiments.objectives import hits
 
     size = _image_size(settings)
     splits = load_splits(settings, size)
@@ -38,7 +43,7 @@ def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERI
     models = {name: train_objective(name, settings, splits)[0] for name in ("supervised", "contrastive")}
     raw = splits.test_arrays
 
-    def evaluate(tensors) -> dict[str, Tensor]:  # model -> (N,) float hits, the same N images for every set
+    def evaluate(tensors) -> dict[str, Tensor]:
         return {
             name: hits(objective, tensors.images, tensors.labels, classes, TRAIN_TEMPLATES).float()
             for name, objective in models.items()
@@ -51,35 +56,48 @@ def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERI
             sets[f"{shift}-{severity}"] = evaluate(
                 to_eval_tensors(LabelledArrays(images, raw.labels, raw.classes), size)
             )
+    return sets, splits
 
-    def mean_effective_robustness(index: Tensor) -> float:
-        acc = {name: {m: float(h[index].mean()) for m, h in per.items()} for name, per in sets.items()}
-        clean_ = acc["clean test"]
-        shifted = [a for name, a in acc.items() if name != "clean test"]
-        return sum(
-            effective_robustness(
-                clean_["contrastive"], a["contrastive"], clean_["supervised"], a["supervised"]
-            )
-            for a in shifted
-        ) / len(shifted)
 
+def _mean_effective_robustness(sets: dict[str, dict[str, Tensor]], index: Tensor) -> float:
+    """Effective robustness averaged over the shifted sets, on the test images `index` (bootstrap resamples)."""
+    acc = {name: {m: float(h[index].mean()) for m, h in per.items()} for name, per in sets.items()}
+    clean = acc["clean test"]
+    shifted = [a for name, a in acc.items() if name != "clean test"]
+    return sum(
+        effective_robustness(clean["contrastive"], a["contrastive"], clean["supervised"], a["supervised"])
+        for a in shifted
+    ) / len(shifted)
+
+
+def _rows(sets: dict[str, dict[str, Tensor]]) -> list[dict[str, Any]]:
     rows = [
         {"dataset": name, "supervised": round(float(per["supervised"].mean()), 4),
          "CLIP": round(float(per["contrastive"].mean()), 4)}
         for name, per in sets.items()
     ]  # fmt: skip
-    clean = {"supervised": rows[0]["supervised"], "contrastive": rows[0]["CLIP"]}
+    clean = rows[0]
     for row in rows:
         row["CLIP_minus_supervised"] = round(row["CLIP"] - row["supervised"], 4)
         row["effective_robustness"] = round(
-            effective_robustness(clean["contrastive"], row["CLIP"], clean["supervised"], row["supervised"]), 4
+            effective_robustness(clean["CLIP"], row["CLIP"], clean["supervised"], row["supervised"]), 4
         )
+    return rows
+
+
+def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERITIES) -> dict[str, Any]:
+    from clipforge.evaluate.metrics import bootstrap_ci
+    from clipforge.recipes.experiments.plotting import plot_scatter
+    from clipforge.results import markdown_table, write_results
+
+    sets, splits = _hits_per_set(settings, severities)
+    rows, test_images = _rows(sets), len(splits.test_arrays)
     shifted_rows = rows[1:]
     mean = {
         key: round(sum(r[key] for r in shifted_rows) / len(shifted_rows), 4)
         for key in ("supervised", "CLIP", "effective_robustness")
     }
-    low, high = bootstrap_ci(mean_effective_robustness, len(raw), samples=1000)
+    low, high = bootstrap_ci(lambda index: _mean_effective_robustness(sets, index), test_images, samples=1000)
     mean["effective_robustness_ci95"] = [round(low, 4), round(high, 4)]
     out = Path(out_dir)
     png = plot_scatter(
@@ -90,15 +108,15 @@ def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERI
         "experiment": "robustness",
         "rows": rows,
         "mean_over_shifts": mean,
-        "clean": clean,
-        "test_images": len(raw),
+        "clean": {"supervised": rows[0]["supervised"], "contrastive": rows[0]["CLIP"]},
+        "test_images": test_images,
         "settings": dict(vars(settings)),
         "png": str(png),
     }
     summary = (
         "# Robustness: supervised baseline vs CLIP zero-shot under synthetic shifts\n\n"
         f"Same encoder `{settings.model}`, {len(splits.train)} training images x {settings.epochs:g} epochs; "
-        f"{len(raw)} test images per set. Effective robustness: CLIP's shifted accuracy minus "
+        f"{test_images} test images per set. Effective robustness: CLIP's shifted accuracy minus "
         "clip_clean x supervised_shift / supervised_clean (see docs/experiments.md).\n\n"
         + markdown_table(rows)
         + f"\nMean over shifted sets: supervised {mean['supervised']}, CLIP {mean['CLIP']}, "

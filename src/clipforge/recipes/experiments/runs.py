@@ -25,7 +25,6 @@ from clipforge.data import (
     open_labelled_dataset,
     to_eval_tensors,
 )
-from clipforge.train.loader import PositionedLoader
 
 TRAIN_TEMPLATES = DEFAULT_TEMPLATES  # the captions every objective trains on
 CURVE_TEMPLATES = ("a photo of a {}.",)  # validation curves: one prompt (captioning scores cost per prompt)
@@ -103,7 +102,7 @@ def _subset(data: LabelledArrays, index: torch.Tensor) -> LabelledArrays:
 
 
 def _train_config(settings: RunSettings, total_steps: int, epochs: int, output_dir: Path):
-    from clipforge.train.config import in_memory_run
+    from clipforge.recipes.common import in_memory_run
 
     # at least one zero-shot point (the curve); weights are cached by the experiment, so no mid-run checkpoints
     recipe = replace(settings, eval_points=max(settings.eval_points, 1))
@@ -111,17 +110,18 @@ def _train_config(settings: RunSettings, total_steps: int, epochs: int, output_d
 
 
 def new_objective(name: str, settings: RunSettings, classes: list[str]) -> nn.Module:
-    from clipforge.experiments.objectives import build_objective
     from clipforge.models import CLIP, get_config
+    from clipforge.recipes.experiments.objectives import make_objective, template_captions
 
     torch.manual_seed(settings.seed)
-    return build_objective(name, CLIP(get_config(settings.model)), classes, TRAIN_TEMPLATES)
+    model = CLIP(get_config(settings.model))
+    return make_objective(name, model, classes, template_captions(classes, TRAIN_TEMPLATES))
 
 
 def train_objective(name: str, settings: RunSettings, splits: Splits | None = None) -> tuple[nn.Module, dict]:
     """(trained objective in eval mode, run record {"curve": [{images_seen, val_top1}], ...}); cached."""
     from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
-    from clipforge.experiments.objectives import accuracy
+    from clipforge.recipes.experiments.objectives import accuracy
     from clipforge.train import fit
 
     folder = Path(settings.cache_dir) / settings.key(name)
@@ -139,9 +139,9 @@ def train_objective(name: str, settings: RunSettings, splits: Splits | None = No
             templates=TRAIN_TEMPLATES,
         ),
     )  # fmt: skip
-    data = PositionedLoader(loader, settings.batch_size)
-    steps = max(1, round(settings.epochs * data.samples_per_epoch / settings.batch_size))
-    epochs = math.ceil(steps * settings.batch_size / data.samples_per_epoch)
+    samples_per_epoch = loader.batches_per_epoch * settings.batch_size
+    steps = max(1, round(settings.epochs * samples_per_epoch / settings.batch_size))
+    epochs = math.ceil(steps * settings.batch_size / samples_per_epoch)
 
     def val_eval(_model: nn.Module) -> dict[str, float]:
         return {
@@ -152,7 +152,7 @@ def train_objective(name: str, settings: RunSettings, splits: Splits | None = No
 
     curve = [{"images_seen": 0, "val_top1": val_eval(objective.model)["zeroshot_top1"]}]
     trained = fit(
-        _train_config(settings, steps, epochs, folder / "train"), model=objective.model, train_data=data,
+        _train_config(settings, steps, epochs, folder / "train"), model=objective.model, train_data=loader,
         objective=objective, zeroshot=val_eval,
     )  # fmt: skip
     curve += [{"images_seen": e["images_seen"], "val_top1": e["zeroshot_top1"]} for e in trained["evals"]]

@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clipforge.experiments.runs import TRAIN_TEMPLATES, RunSettings, _image_size, load_splits, train_objective
+from clipforge.recipes.experiments.runs import (
+    TRAIN_TEMPLATES,
+    RunSettings,
+    _image_size,
+    load_splits,
+    train_objective,
+)
 
 
 def prompt_sets() -> dict[str, list[str]]:
@@ -28,8 +34,8 @@ def prompt_sets() -> dict[str, list[str]]:
 
 def run_prompts(settings: RunSettings, out_dir: str | Path) -> dict[str, Any]:
     from clipforge.evaluate.metrics import bootstrap_ci
-    from clipforge.experiments.objectives import accuracy, hits
-    from clipforge.experiments.plotting import plot_bars
+    from clipforge.recipes.experiments.objectives import accuracy, hits
+    from clipforge.recipes.experiments.plotting import plot_bars
     from clipforge.results import markdown_table, write_results
 
     splits = load_splits(settings, _image_size(settings))

@@ -26,9 +26,9 @@ from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
 from clipforge.evaluate.linear_probe import ProbeConfig
 from clipforge.figures import pyplot, save_figure
 from clipforge.models import CLIP, get_config
-from clipforge.train.loader import PositionedLoader
-from clipforge.train.metrics import ZeroShotEval, class_embeddings
+from clipforge.train.metrics import ZeroShotEval
 from clipforge.train.objectives import ContrastiveObjective
+from clipforge.zeroshot.classifier import build_classifier
 
 
 @dataclass(frozen=True)
@@ -68,19 +68,6 @@ def smoke_config(config: DemoConfig) -> DemoConfig:
 
 # A coarse lambda grid (1e-3 .. 1e3, decade steps) and capped L-BFGS: ~6 fits instead of ~15 x 1000 iterations.
 PROBE = ProbeConfig(max_iter=50, steps_per_decade=1, log10_min=-3, log10_max=3)
-
-
-class DedupTextObjective(ContrastiveObjective):
-    """CLIP's loss, with each distinct caption of the batch encoded once (exact: same features, same grads).
-
-    Template captions repeat: a batch of 512 CIFAR pairs holds at most 10 classes x 12 templates = 120
-    distinct token rows, so the text tower runs on those and the features are gathered back per pair."""
-
-    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        image_features = self.model.encode_image(batch["images"], normalize=True)  # (B, E)
-        unique_text, inverse = torch.unique(batch["text"], dim=0, return_inverse=True)  # (U, L), (B,)
-        text_features = self.model.encode_text(unique_text, normalize=True)[inverse]  # (B, E)
-        return image_features, text_features
 
 
 def split_validation(data: LabelledArrays, count: int, seed: int) -> tuple[LabelledArrays, LabelledArrays]:
@@ -125,7 +112,7 @@ def load_data(config: DemoConfig) -> tuple[LabelledArrays, LabelledArrays]:
 def measure_step_s(model: CLIP, loader, batch_size: int, steps: int = 3) -> float:
     """Seconds per training step (batch, forward, backward, AdamW) on a throwaway copy of `model`."""
     probe = copy.deepcopy(model).train()
-    objective = DedupTextObjective(probe)
+    objective = ContrastiveObjective(probe, dedup_text=True)  # template captions repeat
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-9)
     index = torch.arange(min(batch_size, len(loader.data)))
     times = []
@@ -160,7 +147,7 @@ def plan_steps(config: DemoConfig, samples_per_epoch: int, elapsed_s: float, ste
 
 
 def train_config(config: DemoConfig, total_steps: int, epochs: int):
-    from clipforge.train.config import in_memory_run
+    from clipforge.recipes.common import in_memory_run
 
     return in_memory_run(
         config, total_steps, epochs, str(Path(config.output_dir) / "train"), DEFAULT_TEMPLATES
@@ -210,7 +197,9 @@ def final_evaluation(model: CLIP, train: LabelledArrays, test: LabelledArrays, c
     results = dict(zeroshot(model))
     with torch.no_grad():
         model.eval()
-        class_text = class_embeddings(model, test.classes, list(DEFAULT_TEMPLATES))  # (E, C)
+        class_text = build_classifier(
+            model, test.classes, list(DEFAULT_TEMPLATES), cache_dir=False, progress=False
+        ).float()  # (E, C)
     test_trunk, test_embedded = image_features(model, test_tensors.images)
     train_trunk, _ = image_features(model, probe_train.images)
     probe = linear_probe(
@@ -270,16 +259,10 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-def _run(config: DemoConfig, start: float) -> dict[str, Any]:
-    from clipforge.checkpoints.io import save_checkpoint
-    from clipforge.results import write_results
+def _train(config: DemoConfig, model: CLIP, train: LabelledArrays, val: LabelledArrays, start: float) -> dict:
+    """Fit `model` on `train` within the budget; the trainer's results plus the curve, plan and probe step time."""
     from clipforge.train import fit
 
-    out = Path(config.output_dir)
-    all_train, test = load_data(config)
-    train, val = split_validation(all_train, config.val_images, config.seed)
-    torch.manual_seed(config.seed)
-    model = CLIP(get_config(config.model))
     loader = labelled_loader(
         train,
         LabelledLoaderConfig(
@@ -293,9 +276,9 @@ def _run(config: DemoConfig, start: float) -> dict[str, Any]:
     curve = [{"images_seen": 0, "val_zeroshot_top1": val_eval(model)["zeroshot_top1"], "time_s": 0.0}]
     eval_s = time.perf_counter() - eval_start
     step_s = measure_step_s(model, loader, config.batch_size)
-    data = PositionedLoader(loader, config.batch_size)
-    steps, why = plan_steps(config, data.samples_per_epoch, time.perf_counter() - start, step_s, eval_s)
-    epochs = math.ceil(steps * config.batch_size / data.samples_per_epoch)
+    samples_per_epoch = loader.batches_per_epoch * config.batch_size
+    steps, why = plan_steps(config, samples_per_epoch, time.perf_counter() - start, step_s, eval_s)
+    epochs = math.ceil(steps * config.batch_size / samples_per_epoch)
     train_start = time.perf_counter()
     step_times: dict[int, float] = {}
 
@@ -304,13 +287,26 @@ def _run(config: DemoConfig, start: float) -> dict[str, Any]:
             step_times[info["step"]] = time.perf_counter() - train_start
 
     trained = fit(
-        train_config(config, steps, epochs), model=model, train_data=data,
-        objective=DedupTextObjective(model), zeroshot=val_eval, callbacks=(note_time,),
+        train_config(config, steps, epochs), model=model, train_data=loader,
+        objective=ContrastiveObjective(model, dedup_text=True), zeroshot=val_eval, callbacks=(note_time,),
     )  # fmt: skip
     curve += [
         {"images_seen": e["images_seen"], "val_zeroshot_top1": e["zeroshot_top1"], "time_s": step_times.get(e["step"])}
         for e in trained["evals"]
     ]  # fmt: skip
+    return {**trained, "curve": curve, "step_plan": why, "probe_step_s": step_s}
+
+
+def _run(config: DemoConfig, start: float) -> dict[str, Any]:
+    from clipforge.checkpoints.io import save_checkpoint
+    from clipforge.results import write_results
+
+    out = Path(config.output_dir)
+    all_train, test = load_data(config)
+    train, val = split_validation(all_train, config.val_images, config.seed)
+    torch.manual_seed(config.seed)
+    model = CLIP(get_config(config.model))
+    trained = _train(config, model, train, val, start)
     results: dict[str, Any] = final_evaluation(model, all_train, test, config)
     checkpoint = save_checkpoint(
         out / f"{config.model}.safetensors", model,
@@ -320,25 +316,20 @@ def _run(config: DemoConfig, start: float) -> dict[str, Any]:
         images_seen=trained["images_seen"],
         epochs_seen=round(trained["images_seen"] / len(train), 3),
         steps=trained["steps"],
-        step_plan=why,
-        probe_step_s=round(step_s, 3),
+        step_plan=trained["step_plan"],
+        probe_step_s=round(trained["probe_step_s"], 3),
         train_wall_time_s=round(trained["wall_time_s"], 1),
         samples_per_s=round(trained["samples_per_s"], 1),
         final_loss=trained["final_loss"],
         checkpoint=str(checkpoint),
         train_state=trained["checkpoint"],
-        curve=curve,
-        train_images=len(train),
-        val_images=len(val),
-        test_images=len(test),
-        data=train.source,
-        test_data=test.source,
-        model=config.model,
-        parameters=model.num_parameters(),
-        threads=config.threads,
+        curve=trained["curve"],
+        train_images=len(train), val_images=len(val), test_images=len(test),
+        data=train.source, test_data=test.source,
+        model=config.model, parameters=model.num_parameters(), threads=config.threads,
         config=dataclass_dict(config),
-    )
-    results["curve_png"] = str(plot_curve(curve, results["zeroshot_top1"], out / "demo_curve.png"))
+    )  # fmt: skip
+    results["curve_png"] = str(plot_curve(results["curve"], results["zeroshot_top1"], out / "demo_curve.png"))
     results["wall_time_s"] = round(time.perf_counter() - start, 1)
     results["files"] = write_results(out, "demo", results, summary_markdown(results))
     return results

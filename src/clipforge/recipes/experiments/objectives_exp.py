@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from clipforge.experiments.runs import TRAIN_TEMPLATES, RunSettings, load_splits, train_objective
+from clipforge.recipes.experiments.runs import TRAIN_TEMPLATES, RunSettings, load_splits, train_objective
 
 LANGUAGE_OBJECTIVES = ("contrastive", "bag-of-words", "captioning")
 LEVELS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)
@@ -69,16 +69,11 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
     ]
 
 
-def run_objectives(settings: RunSettings, out_dir: str | Path, seeds: tuple[int, ...] = ()) -> dict[str, Any]:
-    """Train (or reuse) each objective for every seed (default: settings.seed alone); the table reports the mean
-    and spread over seeds, the curves and images-to-reach ratios use the seed-mean curve."""
-    from clipforge.experiments.objectives import accuracy
-    from clipforge.experiments.plotting import plot_curves
-    from clipforge.experiments.runs import _image_size
-    from clipforge.results import markdown_table, write_results
+def _train_every_seed(settings: RunSettings, seeds: tuple[int, ...]):
+    """({objective: [run record + test_top1 per seed]}, the last seed's splits)."""
+    from clipforge.recipes.experiments.objectives import accuracy
+    from clipforge.recipes.experiments.runs import _image_size
 
-    seeds = tuple(seeds) or (settings.seed,)
-    curves, finals, per_seed = {}, [], {}
     all_runs: dict[str, list[dict]] = {name: [] for name in LANGUAGE_OBJECTIVES}
     for seed in seeds:
         seeded = replace(settings, seed=seed)
@@ -88,36 +83,70 @@ def run_objectives(settings: RunSettings, out_dir: str | Path, seeds: tuple[int,
             objective, record = train_objective(name, seeded, splits)
             test = accuracy(objective, splits.test.images, splits.test.labels, classes, TRAIN_TEMPLATES)
             all_runs[name].append({"seed": seed, "test_top1": round(test, 4), **record})
-    for name, runs in all_runs.items():
-        per_seed[name] = [
+    return all_runs, splits
+
+
+def _final_row(name: str, runs: list[dict], curve: list[dict]) -> dict[str, Any]:
+    """Mean and spread over seeds of one objective's runs."""
+    tests = torch.tensor([r["test_top1"] for r in runs])
+    return {
+        "objective": name,
+        "test_top1": round(float(tests.mean()), 4),
+        "test_top1_std": round(float(tests.std()), 4) if len(runs) > 1 else 0.0,
+        "seeds": len(runs),
+        "final_val_top1": round(curve[-1]["val_top1"], 4),
+        "images_seen": runs[0]["images_seen"],
+        "train_wall_time_s": round(sum(r["train_wall_time_s"] for r in runs) / len(runs), 1),
+        "final_loss": round(sum(r["final_loss"] for r in runs) / len(runs), 4),
+    }
+
+
+def _summary(settings: RunSettings, results: dict[str, Any], png: Path) -> str:
+    from clipforge.results import markdown_table
+
+    per_seed = results["per_seed"]
+    return (
+        "# Objectives: zero-shot accuracy vs images seen\n\n"
+        f"{results['train_images']} training images, {settings.epochs:g} epochs, batch {settings.batch_size}, "
+        f"model `{settings.model}`; curves on {results['val_images']} held-out training images (one prompt), "
+        f"final accuracy on {results['test_images']} test images ({len(TRAIN_TEMPLATES)}-prompt ensemble). "
+        f"Chance {results['chance']:.2f}. Seeds {', '.join(map(str, results['seeds']))} (data subset, validation "
+        "split, init and order); accuracies and curves are means over seeds, `test_top1_std` their spread.\n\n"
+        + markdown_table(results["final"])
+        + "\n## Images needed to reach a validation accuracy (paper: BoW/contrastive 4x, captioning/BoW 3x)\n\n"
+        + markdown_table(results["efficiency"])
+        + "\n## Per seed\n\n"
+        + markdown_table([{"objective": n, **r} for n, rows in per_seed.items() for r in rows])
+        + f"\n![curves]({png.name})\n"
+    )
+
+
+def run_objectives(settings: RunSettings, out_dir: str | Path, seeds: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Train (or reuse) each objective for every seed (default: settings.seed alone); the table reports the mean
+    and spread over seeds, the curves and images-to-reach ratios use the seed-mean curve."""
+    from clipforge.recipes.experiments.plotting import plot_curves
+    from clipforge.results import write_results
+
+    seeds = tuple(seeds) or (settings.seed,)
+    all_runs, splits = _train_every_seed(settings, seeds)
+    curves = {name: mean_curve([r["curve"] for r in runs]) for name, runs in all_runs.items()}
+    per_seed = {
+        name: [
             {"seed": r["seed"], "test_top1": r["test_top1"], "final_val_top1": r["curve"][-1]["val_top1"],
              "images_to_30pct": images_to_reach(r["curve"], 0.3)}
             for r in runs
-        ]  # fmt: skip
-        curves[name] = mean_curve([r["curve"] for r in runs])
-        tests = torch.tensor([r["test_top1"] for r in runs])
-        finals.append(
-            {
-                "objective": name,
-                "test_top1": round(float(tests.mean()), 4),
-                "test_top1_std": round(float(tests.std()), 4) if len(runs) > 1 else 0.0,
-                "seeds": len(runs),
-                "final_val_top1": round(curves[name][-1]["val_top1"], 4),
-                "images_seen": runs[0]["images_seen"],
-                "train_wall_time_s": round(sum(r["train_wall_time_s"] for r in runs) / len(runs), 1),
-                "final_loss": round(sum(r["final_loss"] for r in runs) / len(runs), 4),
-            }
-        )
+        ]
+        for name, runs in all_runs.items()
+    }  # fmt: skip
     out = Path(out_dir)
-    chance = 1 / len(classes)
+    chance = 1 / len(splits.train.classes)
     png = plot_curves(curves, chance, "objectives: same encoder, same images", out / "objectives.png")
-    table = efficiency_table(curves)
     results = {
         "experiment": "objectives",
         "seeds": list(seeds),
-        "final": finals,
+        "final": [_final_row(name, runs, curves[name]) for name, runs in all_runs.items()],
         "per_seed": per_seed,
-        "efficiency": table,
+        "efficiency": efficiency_table(curves),
         "curves": curves,
         "chance": chance,
         "train_images": len(splits.train),
@@ -126,19 +155,5 @@ def run_objectives(settings: RunSettings, out_dir: str | Path, seeds: tuple[int,
         "settings": {k: v for k, v in vars(settings).items()},
         "png": str(png),
     }
-    summary = (
-        "# Objectives: zero-shot accuracy vs images seen\n\n"
-        f"{len(splits.train)} training images, {settings.epochs:g} epochs, batch {settings.batch_size}, "
-        f"model `{settings.model}`; curves on {len(splits.val.labels)} held-out training images (one prompt), "
-        f"final accuracy on {len(splits.test.labels)} test images ({len(TRAIN_TEMPLATES)}-prompt ensemble). "
-        f"Chance {chance:.2f}. Seeds {', '.join(map(str, seeds))} (data subset, validation split, init and "
-        "order); accuracies and curves are means over seeds, `test_top1_std` their spread.\n\n"
-        + markdown_table(finals)
-        + "\n## Images needed to reach a validation accuracy (paper: BoW/contrastive 4x, captioning/BoW 3x)\n\n"
-        + markdown_table(table)
-        + "\n## Per seed\n\n"
-        + markdown_table([{"objective": n, **r} for n, rows in per_seed.items() for r in rows])
-        + f"\n![curves]({png.name})\n"
-    )
-    results["files"] = write_results(out, "objectives", results, summary)
+    results["files"] = write_results(out, "objectives", results, _summary(settings, results, png))
     return results
