@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true", help="one round, few batches, results under runs/")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    batches, steps = (3, 1) if args.smoke else (20, 3)
+    batches, steps = (3, 1) if args.smoke else (20, 2)
     paths = build_paths(args.cache_dir, args.batch_size)
     measured: dict[str, dict[str, list[float]]] = {name: {"loader": [], "step": []} for name in paths}
     for _ in range(1 if args.smoke else args.rounds):
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loader, step = statistics.median(measured[name]["loader"]), statistics.median(measured[name]["step"])
         model = path["config"].model
         with tempfile.TemporaryDirectory() as tmp:  # the fit's checkpoints are not results
-            fitted = fit_wait(path, 4 if args.smoke else 12, Path(tmp))
+            fitted = fit_wait(path, 4 if args.smoke else 8, Path(tmp))
         report_paths[name] = {
             "images": len(path["loader"].data), "image_size": path["model"].config.vision.image_size,
             "decoded_at": tuple(path["loader"].data.images.shape[1:3]), "augment": path["config"].data.augment.kind,

@@ -27,7 +27,7 @@ from clipforge.data.mapstyle import RecordDataset, RecordLoader
 from clipforge.data.protocol import Batch, TrainData, check_train_data
 from clipforge.data.public import decode_size, detect_layout, open_caption_shards, open_labelled_dataset
 from clipforge.data.records import Record, decode_caption, decode_image
-from clipforge.data.sampler import EpochBatchSampler, EpochSampler, epoch_permutation
+from clipforge.data.sampler import EpochBatchSampler, EpochSampler, epoch_permutation, seeded_split
 from clipforge.data.synthetic import synthetic_colours
 from clipforge.data.tarshards import expand_shards, iter_shard
 from clipforge.data.webdataset import ShardLoader, ShardStream, StreamConfig
@@ -85,6 +85,7 @@ __all__ = [
     "read_classes",
     "read_image_folder",
     "read_table",
+    "seeded_split",
     "synthetic_colours",
     "to_eval_tensors",
 ]

@@ -43,6 +43,10 @@ class LabelledArrays:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, index: Tensor) -> LabelledArrays:
+        """The samples at `index` (a copy: memory-mapped pixels are read into memory)."""
+        return LabelledArrays(self.images[index], self.labels[index], self.classes, self.source)
+
     @classmethod
     def from_arrays(
         cls, data: ArrayImages | CachedImages, classes: Sequence[str] | None = None, source: str = ""

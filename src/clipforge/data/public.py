@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clipforge.data.cache import cached_records, cached_shards
-from clipforge.data.captions import ImageCaptions
+from clipforge.data.captions import ImageCaptions, Tokenizer
 from clipforge.data.cifar import load_cifar_python
 from clipforge.data.csvjsonl import read_table, table_rows
 from clipforge.data.errors import DataSourceError, SkipCounter
@@ -164,7 +164,7 @@ def _classes_from_table(path: Path) -> list[str]:
 
 def open_caption_shards(
     shards, image_size: int | None = None, context_length: int = 77, cache_dir: str | Path | None = None,
-    num_workers: int = 2, progress: bool = True, seed: int = 0,
+    num_workers: int = 2, progress: bool = True, seed: int = 0, tokenizer: Tokenizer | None = None,
 ) -> tuple[LabelledArrays, ImageCaptions]:  # fmt: skip
     """Image–text shards (`.jpg` + `.txt`) decoded once (memory-mapped): pass both to
     `ArrayLoader(data, captions, ...)`. Each sample's caption is its own (one per image).
@@ -183,4 +183,4 @@ def open_caption_shards(
     )
     classes = [decoded.class_names.get(i, str(i)) for i in range(int(decoded.labels.max(initial=-1)) + 1)]
     data = LabelledArrays.from_arrays(decoded, classes, source=f"shards:{paths[0].parent}")
-    return data, ImageCaptions([[c] for c in decoded.captions], seed, context_length)
+    return data, ImageCaptions([[c] for c in decoded.captions], seed, context_length, tokenizer)

@@ -19,6 +19,13 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = T
     return torch.randperm(num_samples, generator=generator)
 
 
+def seeded_split(total: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the other indices, `count` indices chosen by a seeded permutation), both sorted: a held-out set, or a
+    random subset that keeps every class of a class-sorted file."""
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return order[count:].sort().values, order[:count].sort().values
+
+
 class EpochSampler:
     """Yields sample indices of this rank for the current epoch, starting at `offset`.
 

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipforge.data import DEFAULT_TEMPLATES, LabelledArrays, open_labelled_dataset, to_eval_tensors
+from clipforge.data import (
+    DEFAULT_TEMPLATES,
+    LabelledArrays,
+    open_labelled_dataset,
+    seeded_split,
+    to_eval_tensors,
+)
 from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
 from clipforge.evaluate.linear_probe import ProbeConfig
 from clipforge.figures import pyplot, save_figure
@@ -74,13 +80,8 @@ def split_validation(data: LabelledArrays, count: int, seed: int) -> tuple[Label
     """(train, val): `count` images chosen by a seeded permutation are held out for the learning curve."""
     if not 0 <= count < len(data):
         raise ValueError(f"DemoConfig.val_images={count}: must be in [0, {len(data)}) for {data.source}")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    keep, held = order[count:].sort().values, order[:count].sort().values
-
-    def subset(index: Tensor) -> LabelledArrays:
-        return LabelledArrays(data.images[index], data.labels[index], data.classes, data.source)
-
-    return subset(keep), subset(held)
+    keep, held = seeded_split(len(data), count, seed)
+    return data.subset(keep), data.subset(held)
 
 
 def load_data(config: DemoConfig) -> tuple[LabelledArrays, LabelledArrays]:
@@ -103,9 +104,7 @@ def load_data(config: DemoConfig) -> tuple[LabelledArrays, LabelledArrays]:
         )
     if config.train_limit is not None and config.train_limit < len(train):
         # a seeded random subset: class-sorted layouts (ImageFolder, train.csv) keep every class
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
-        pick = pick[: config.train_limit].sort().values
-        train = LabelledArrays(train.images[pick], train.labels[pick], train.classes, train.source)
+        train = train.subset(seeded_split(len(train), config.train_limit, config.seed)[1])
     return train, test
 
 

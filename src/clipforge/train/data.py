@@ -27,6 +27,7 @@ from clipforge.data.captions import Captioner
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import DistInfo
 from clipforge.train.metrics import ZeroShotEval
+from clipforge.zeroshot.classifier import model_tokenizer
 
 SYNTHETIC_TEMPLATES = ("a photo of a {}.",)
 
@@ -42,8 +43,9 @@ def augment_config(config: TrainConfig, model: nn.Module) -> AugmentConfig:
 
 
 def open_source(config: TrainConfig, model: nn.Module, progress: bool) -> tuple[LabelledArrays, Captioner]:
-    """(decoded images, their captioner) for `config.data.kind`."""
-    data, context_length = config.data, model.context_length
+    """(decoded images, their captioner) for `config.data.kind`; captions are tokenised by the model's tokenizer
+    (`model_tokenizer`, the one place that chooses it)."""
+    data, context_length, tokenizer = config.data, model.context_length, model_tokenizer(model)
     size = data.decode_size or model.config.vision.image_size
     cache = dict(cache_dir=data.cache_dir, num_workers=data.num_workers, progress=progress)
     if data.kind == "synthetic":
@@ -54,12 +56,16 @@ def open_source(config: TrainConfig, model: nn.Module, progress: bool) -> tuple[
         arrays = open_labelled_dataset(data.path, split, decode_size(data.path, split, size), **cache)
         templates = data.templates or DEFAULT_TEMPLATES
     elif data.kind == "table":
-        return open_caption_table(data.path, data.split, size, context_length, config.seed, **cache)
+        return open_caption_table(
+            data.path, data.split, size, context_length, config.seed, tokenizer=tokenizer, **cache
+        )
     elif data.kind == "shards":
-        return open_caption_shards(data.path, size, context_length, seed=config.seed, **cache)
+        return open_caption_shards(
+            data.path, size, context_length, seed=config.seed, tokenizer=tokenizer, **cache
+        )
     else:
         raise ValueError("data.kind=custom: pass train_data= to fit()")
-    return arrays, PromptCaptioner(arrays.classes, templates, config.seed, context_length)
+    return arrays, PromptCaptioner(arrays.classes, templates, config.seed, context_length, tokenizer)
 
 
 def build_train_data(config: TrainConfig, model: nn.Module, info: DistInfo) -> ArrayLoader:

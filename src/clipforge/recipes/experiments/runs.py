@@ -23,6 +23,7 @@ from clipforge.data import (
     LabelledArrays,
     LabelledTensors,
     open_labelled_dataset,
+    seeded_split,
     to_eval_tensors,
 )
 
@@ -77,28 +78,22 @@ def load_splits(settings: RunSettings, image_size: int) -> Splits:
     train = open_labelled_dataset(settings.data, "train", **kwargs)
     test = open_labelled_dataset(settings.data, "test", **kwargs)
     if settings.train_images is not None:  # files are often sorted by class: a seeded random subset
-        train = _subset(train, _random_subset(len(train), settings.train_images, settings.seed))
+        train = train.subset(_random_subset(len(train), settings.train_images, settings.seed))
     if not 0 < settings.val_images < len(train):
         raise ValueError(f"RunSettings.val_images={settings.val_images}: must be in (0, {len(train)})")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
-    keep, held = order[settings.val_images :].sort().values, order[: settings.val_images].sort().values
+    keep, held = seeded_split(len(train), settings.val_images, settings.seed)
     if settings.test_images is not None:
-        test = _subset(test, _random_subset(len(test), settings.test_images, settings.seed))
+        test = test.subset(_random_subset(len(test), settings.test_images, settings.seed))
     return Splits(
-        _subset(train, keep),
-        to_eval_tensors(_subset(train, held), image_size),
+        train.subset(keep),
+        to_eval_tensors(train.subset(held), image_size),
         to_eval_tensors(test, image_size),
         test,
     )
 
 
 def _random_subset(total: int, count: int, seed: int) -> torch.Tensor:
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed + 1))
-    return order[: min(count, total)].sort().values
-
-
-def _subset(data: LabelledArrays, index: torch.Tensor) -> LabelledArrays:
-    return LabelledArrays(data.images[index], data.labels[index], data.classes, data.source)
+    return seeded_split(total, min(count, total), seed + 1)[1]
 
 
 def _train_config(settings: RunSettings, total_steps: int, epochs: int, output_dir: Path):
