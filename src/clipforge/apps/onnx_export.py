@@ -206,3 +206,14 @@ def zeroshot_accuracy(
             (np.argmax(feats @ text.T, axis=1) == labels[start : start + batch_size].numpy()).sum()
         )
     return correct / len(images)
+
+
+def export_image_tower(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Only the image graph (as image.onnx of export_towers), for the apps' ONNX Runtime backend whose text
+    tower stays PyTorch; `model` (eval, on CPU) is left unchanged."""
+    if next(model.parameters()).dtype != torch.float32:
+        model = copy.deepcopy(model).float()
+    size = model.config.preprocess.image_size
+    with torch.no_grad():
+        example = torch.randn(2, 3, size, size)
+        return _export(ImageTower(model), example, Path(path), "images", "image_features", {0: "batch"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clipforge.commands.backend import add_backend_arg
 from clipforge.commands.options import add_model_args, load_model_from, user_path
 
 
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="'cat,dog,bird' or a file with one label per line")
     p.add_argument("--templates", help="'a photo of a {}.|a drawing of a {}.' or a file, one per line")
     add_model_args(p)
+    add_backend_arg(p)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--output", type=user_path, help="write predictions to a .csv or .json file")
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    from clipforge.apps.backend import use_backend
     from clipforge.apps.classify import classify_files, prediction_rows, sort_into, write_predictions
     from clipforge.apps.inputs import collect_images, parse_labels, parse_templates
     from clipforge.results import markdown_table
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     templates = parse_templates(args.templates)
     paths = collect_images(args.images)
     model, preprocess = load_model_from(args)
+    model = use_backend(model, args.backend)
     report = classify_files(
         model,
         preprocess,
