@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -71,6 +72,17 @@ def check_model(name: str, batches: list[int], rounds: int) -> list[dict]:
     return rows
 
 
+def summary_markdown(report: dict) -> str:
+    rows = [{**row, "max_unit_feature_diff": f"{row['max_unit_feature_diff']:.1e}"} for row in report["rows"]]
+    load = ", ".join(f"{x:.1f}" for x in report["load_average"])
+    return (
+        "# `--backend auto` vs PyTorch (image tower)\n\n"
+        f"{report['machine']['threads']} threads, random weights, {report['rounds']} interleaved rounds "
+        f"(medians), {report['machine']['cpu']}, load average {load} at the end; "
+        "command: `python -m benchmarks.backend_check`.\n\n" + markdown_table(rows)
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.backend_check", description=__doc__)
     p.add_argument("--models", default="ViT-B-32,RN50")
@@ -78,18 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="backend", help="results file stem")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     rows = [row for name in args.models.split(",") for row in check_model(name, batches, args.rounds)]
-    report = {"machine": machine_info(args.threads), "rounds": args.rounds, "rows": rows}
-    summary = (
-        "# `--backend auto` vs PyTorch (image tower)\n\n"
-        f"{args.threads} threads, random weights, {args.rounds} interleaved rounds (medians), "
-        f"{report['machine']['cpu']}; command: `python -m benchmarks.backend_check`.\n\n"
-        + markdown_table(rows)
-    )
-    write_results(args.out, "backend", report, summary)
+    report = {"machine": machine_info(args.threads), "load_average": os.getloadavg(), "rounds": args.rounds}
+    report["rows"] = rows
+    write_results(args.out, args.name, report, summary_markdown(report))
     return report
 
 

@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
     paths = write_results(args.out, name, report, summary)
     print(summary)
     print(f"results: {paths['json']}")
+    from benchmarks.backend_check import main as backend_main
+
+    smoke = ["--models", "tiny-vit", "--rounds", "1", "--name", "backend_smoke"] if args.smoke else []
+    backend_main(["--threads", str(args.threads), "--out", str(args.out), *smoke])  # --backend auto vs torch
     if not args.no_scaling:
         from benchmarks.scaling import main as scaling_main
 
