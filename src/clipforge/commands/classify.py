@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clipforge.apps.backend import use_backend
 from clipforge.commands.backend import add_backend_arg
 from clipforge.commands.options import add_model_args, load_model_from, user_path
 
@@ -17,7 +18,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="'cat,dog,bird' or a file with one label per line")
     p.add_argument("--templates", help="'a photo of a {}.|a drawing of a {}.' or a file, one per line")
     add_model_args(p)
-    add_backend_arg(p)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--output", type=user_path, help="write predictions to a .csv or .json file")
@@ -28,13 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not cache the label embeddings (default: cached under ~/.cache/clipforge)",
     )
+    add_backend_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    from clipforge.apps.backend import use_backend
     from clipforge.apps.classify import classify_files, prediction_rows, sort_into, write_predictions
     from clipforge.apps.inputs import collect_images, parse_labels, parse_templates
     from clipforge.results import markdown_table
