@@ -29,7 +29,19 @@ def test_demo_smoke_end_to_end(shared_data, tmp_path, capsys):
     cifar = shared_data / "cifar10"
     if not (cifar / "train.csv").is_file():
         pytest.skip(f"{cifar} not present")
-    results = main(["--smoke", "--data", str(cifar), "--test-data", str(cifar), "--out", str(tmp_path)])
+    results = main(
+        [
+            "--recipe",
+            "cifar10",
+            "--smoke",
+            "--data",
+            str(cifar),
+            "--test-data",
+            str(cifar),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     printed = capsys.readouterr().out
     json_path = tmp_path / "demo.json"
     assert f"results: {json_path}" in printed

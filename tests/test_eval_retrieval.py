@@ -41,6 +41,21 @@ def test_recall_equals_brute_force():
     )  # neither trivial nor saturated
 
 
+def test_ties_count_against_the_positive():
+    """A collapsed model (every score equal) gets no credit; one tie with a negative pushes the positive down."""
+    caption_image = torch.arange(10).repeat_interleave(5)  # 10 images x 5 captions
+    collapsed = recall_at_k(torch.ones(10, 4) / 2, torch.ones(50, 4) / 2, caption_image, ks=(1, 5, 10))
+    assert collapsed["image_retrieval_recall@1"] == 0.0 and collapsed["text_retrieval_recall@1"] == 0.0
+    assert collapsed["image_retrieval_recall@5"] == 0.0  # 9 negatives tie with each positive
+    images = torch.eye(3)  # image 2 duplicates image 0: caption 0 ties between its image and a negative
+    images[2] = images[0]  # caption 2 scores 0 against all three images: rank 2
+    got = recall_at_k(images, torch.eye(3), torch.arange(3), ks=(1, 2))
+    assert (
+        abs(got["image_retrieval_recall@1"] - 1 / 3) < 1e-6
+        and abs(got["image_retrieval_recall@2"] - 2 / 3) < 1e-6
+    )
+
+
 def test_load_captions_csv_and_jsonl(shared_data, tmp_path):
     coco = load_captions(shared_data / "coco_captions_mini" / "captions.csv", split="test")
     counts = torch.bincount(coco.caption_image)

@@ -19,8 +19,8 @@ PACKAGE = REPO / "src" / "clipforge"
 # lower floors, and anything of its own unit.
 FLOORS = {
     **dict.fromkeys(
-        ["extras", "fileio", "device", "overrides", "decode"], 0
-    ),  # base helpers (decode: PIL only)
+        ["extras", "fileio", "device", "overrides", "decode", "local_weights"], 0
+    ),  # base helpers (decode: PIL only; local_weights: files that installed packages ship)
     **dict.fromkeys(["figures", "results"], 0.5),  # PNG / JSON + Markdown outputs
     "models": 1,  # the math
     "flops": 1.5,  # GFLOPs of a model config

@@ -46,8 +46,9 @@ def tokenize(texts, context_length: int = 77, truncate: bool = False):
     return _tokenize(texts, context_length=context_length, truncate=truncate)
 
 
-def get_tokenizer(name: str | None = None):
-    """The tokenizer for a model (all presets share OpenAI's BPE); callable like open_clip's."""
+def get_tokenizer(name=None):
+    """The tokenizer for a model (a preset name, CLIPConfig or model): OpenAI's BPE, or an HF text tower's own
+    tokenizer; callable like open_clip's."""
     from clipforge.tokenizer import get_tokenizer as _get
 
     return _get(name)

@@ -7,7 +7,7 @@ import sys
 
 # name -> (module under clipforge.commands, one-line help). Modules are imported only when used.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "train a tiny CLIP on CIFAR-10 and report zero-shot / probe / retrieval"),
+    "demo": ("demo", "train CLIP on Flickr8k captions; zero-shot on 5 unseen label sets + retrieval"),
     "models": ("models", "table of presets: parameters, image size, embed dim, GFLOPs"),
     "info": ("info", "describe a checkpoint file"),
     "convert": ("convert", "convert checkpoints between clipforge, OpenAI, open_clip and HF formats"),

@@ -15,7 +15,7 @@ from clipforge.models.prefix import pack_prefixes
 
 def length_sorted_batches(tokens: Tensor, batch_size: int) -> list[Tensor]:
     """Index batches of rows sorted by sequence length (EOT position), so each batch is trimmed tightly."""
-    lengths = tokens.argmax(dim=-1)  # EOT is the largest id
+    lengths = (tokens != 0).sum(dim=-1)  # zero padding (CLIP BPE; BERT's [PAD] is 0 too)
     order = torch.argsort(lengths, stable=True)
     return list(order.split(batch_size))
 
@@ -51,7 +51,7 @@ def encode_texts(
     model: CLIP, texts: Sequence[str], batch_size: int = 256, normalize: bool = True, progress: bool = False
 ) -> Tensor:
     """Texts -> (N, E) features in input order, tokenised with the model's context length."""
-    from clipforge.tokenizer import tokenize
+    from clipforge.tokenizer import tokenizer_for
 
-    tokens = tokenize(list(texts), context_length=model.context_length, truncate=True)
+    tokens = tokenizer_for(model)(list(texts))
     return encode_tokens(model, tokens, batch_size, normalize, progress)

@@ -193,7 +193,10 @@ def model_from_state(config: CLIPConfig, state_dict: dict[str, Tensor], source: 
     """Build `CLIP(config)` and load a clipforge-named state_dict, keeping the file's dtype.
 
     Only BatchNorm's `num_batches_tracked` may be missing; any other mismatch names the keys."""
-    with torch.device("meta"):
+    # Built on the meta device (no memory, no init time), except ecosystem towers: timm / transformers
+    # modules hold non-persistent buffers (position ids, ...) that a state_dict cannot fill.
+    external = config.vision.kind == "timm" or config.text.kind == "hf"
+    with torch.device("cpu" if external else "meta"):
         model = CLIP(config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]

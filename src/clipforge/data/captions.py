@@ -152,6 +152,11 @@ class ImageCaptions(_TokenTable):
     def caption(self, label: int, index: int, epoch: int) -> str:
         return self.captions[index][int(self.caption_index(torch.tensor([index]), epoch)[0])]
 
-    def tokens(self, labels: Tensor, index: Tensor, epoch: int) -> Tensor:
+    def rows(self, index: Tensor, epoch: int) -> Tensor:
+        """(B,) int64 rows of `texts` / `token_table`: the caption each image uses in `epoch` (e.g. to gather
+        cached text features of a locked text tower, which follow the same rows)."""
         index = torch.as_tensor(index, dtype=torch.int64)
-        return self.token_table[self.first[index] + self.caption_index(index, epoch)]
+        return self.first[index] + self.caption_index(index, epoch)
+
+    def tokens(self, labels: Tensor, index: Tensor, epoch: int) -> Tensor:
+        return self.token_table[self.rows(index, epoch)]

@@ -67,26 +67,30 @@ def recall_at_k(
     """CLIP_benchmark keys: `image_retrieval_recall@k` (text query finds its image) and
     `text_retrieval_recall@k` (image query finds any of its captions in the top k).
 
+    Ties count against the positive: its rank is the number of negatives scoring higher *or equal*, so a
+    model that scores everything alike gets no credit (a collapsed model does not look perfect).
+
     image_features (N, E), text_features (M, E), unit-norm; caption_image (M,) image index per caption."""
     image_features, text_features = image_features.float(), text_features.float()
     caption_image = caption_image.to(image_features.device).long()
     num_images = image_features.shape[0]
-    # text -> image: rank of the right image = images scoring strictly higher than it.
+    # text -> image: rank of the right image = other images scoring at least as high.
     text_ranks = []
+    columns = torch.arange(num_images, device=image_features.device)
     for start in range(0, text_features.shape[0], chunk):
         scores = text_features[start : start + chunk] @ image_features.T  # (m, N)
         target = caption_image[start : start + chunk]
         positive = scores.gather(1, target[:, None])  # (m, 1)
-        text_ranks.append((scores > positive).sum(1))
+        text_ranks.append(((scores >= positive) & (columns[None, :] != target[:, None])).sum(1))
     text_rank = torch.cat(text_ranks)
-    # image -> text: rank of the best-scoring right caption = captions scoring strictly higher than it.
+    # image -> text: rank of the best-scoring right caption = wrong captions scoring at least as high.
     image_ranks = []
     for start in range(0, num_images, chunk):
         scores = image_features[start : start + chunk] @ text_features.T  # (n, M)
         rows = torch.arange(start, min(start + chunk, num_images), device=scores.device)
         is_positive = caption_image[None, :] == rows[:, None]  # (n, M)
         best_positive = scores.masked_fill(~is_positive, float("-inf")).max(1, keepdim=True).values
-        image_ranks.append((scores > best_positive).sum(1))
+        image_ranks.append(((scores >= best_positive) & ~is_positive).sum(1))
     image_rank = torch.cat(image_ranks)
     out = {}
     for k in ks:

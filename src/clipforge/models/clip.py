@@ -34,7 +34,21 @@ def build_visual(config: CLIPConfig) -> nn.Module:
         return VisionTransformer(config.vision, config.embed_dim, config.vision_activation)
     if config.vision.kind == "resnet":
         return ModifiedResNet(config.vision, config.embed_dim)
-    raise ValueError(f"vision.kind must be 'vit' or 'resnet', got {config.vision.kind!r}")
+    if config.vision.kind == "timm":
+        from clipforge.models.timm_tower import TimmVisionTower
+
+        return TimmVisionTower(config.vision, config.embed_dim)
+    raise ValueError(f"vision.kind must be 'vit', 'resnet' or 'timm', got {config.vision.kind!r}")
+
+
+def build_text(config: CLIPConfig) -> nn.Module:
+    if config.text.kind == "transformer":
+        return TextTransformer(config.text, config.embed_dim, config.text_activation)
+    if config.text.kind == "hf":
+        from clipforge.models.hf_text import HFTextTower
+
+        return HFTextTower(config.text, config.embed_dim)
+    raise ValueError(f"text.kind must be 'transformer' or 'hf', got {config.text.kind!r}")
 
 
 class CLIP(nn.Module):
@@ -42,7 +56,7 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = config
         self.visual = build_visual(config)
-        self.text = TextTransformer(config.text, config.embed_dim, config.text_activation)
+        self.text = build_text(config)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         bias = config.init_logit_bias
         self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
@@ -72,11 +86,13 @@ class CLIP(nn.Module):
         )
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        self.text.transformer.grad_checkpointing = enabled
-        if isinstance(self.visual, VisionTransformer):
-            self.visual.transformer.grad_checkpointing = enabled
-        elif isinstance(self.visual, ModifiedResNet):
-            self.visual.grad_checkpointing = enabled
+        for tower in (self.visual, self.text):
+            if hasattr(tower, "set_grad_checkpointing"):  # timm / Hugging Face towers
+                tower.set_grad_checkpointing(enabled)
+            elif isinstance(tower, (VisionTransformer, TextTransformer)):
+                tower.transformer.grad_checkpointing = enabled
+            elif isinstance(tower, ModifiedResNet):
+                tower.grad_checkpointing = enabled
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -34,10 +34,10 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    kind: Literal["vit", "resnet"]
+    kind: Literal["vit", "resnet", "timm"]
     image_size: int
-    width: int
-    layers: int | tuple[int, ...]
+    width: int  # timm: informational (the trunk's feature width)
+    layers: int | tuple[int, ...]  # timm: informational
     patch_size: int | None = None  # ViT only; a remainder of image_size is cropped (as a strided conv does)
     heads: int | None = None  # default: width // 64 (ViT) or width * 32 // 64 (ResNet)
     mlp_ratio: float = 4.0
@@ -50,6 +50,13 @@ class VisionConfig:
     projection: bool = True  # (W, E) matrix after pooling; False: the pooled width is the embedding (SigLIP)
     norm_eps: float = 1e-5  # every LayerNorm of the tower (SigLIP: 1e-6)
     activation: Activation | None = None  # the tower's MLP activation; None: the model's `activation`
+    # kind="timm" (models/timm_tower.py): any timm architecture; keys and meaning as open_clip's vision_cfg
+    timm_model_name: str | None = None  # e.g. "tf_efficientnet_lite0", "convnext_base"
+    timm_pool: str = "avg"  # timm global pool ("avg", "token", "map", "" = the model's default) or "abs_attn"
+    timm_proj: Literal["linear", "mlp", "none"] = "linear"  # head after pooling ("none": timm's classifier)
+    timm_proj_bias: bool = False
+    timm_drop: float = 0.0  # dropout before the projection
+    timm_drop_path: float | None = None  # stochastic depth rate inside the trunk (None: timm's default)
 
     @property
     def num_heads(self) -> int:
@@ -78,6 +85,16 @@ class TextConfig:
     # The tokenizer the weights were trained with: None = OpenAI's BPE; else a Hugging Face tokenizer
     # (hub id or folder with tokenizer.json), as open_clip's `hf_tokenizer_name`.
     hf_tokenizer_name: str | None = None
+    # kind="hf" (models/hf_text.py): a transformers encoder; keys and meaning as open_clip's text_cfg
+    kind: Literal["transformer", "hf"] = "transformer"
+    hf_model_name: str | None = (
+        None  # where the weights came from (a folder or a name of clipforge.local_weights)
+    )
+    hf_config_json: str | None = None  # the encoder's config.json (compact JSON): rebuilds it offline
+    hf_pooler_type: Literal["mean_pooler", "max_pooler", "cls_pooler", "cls_last_hidden_state_pooler"] = (
+        "mean_pooler"
+    )
+    hf_proj_type: Literal["linear", "mlp", "none"] = "linear"
 
 
 @dataclass(frozen=True)
@@ -122,7 +139,11 @@ class CLIPConfig:
         vision = dict(data["vision"])
         if isinstance(vision.get("layers"), list):
             vision["layers"] = tuple(vision["layers"])
-        if vision.get("heads") is None:  # files written before heads were explicit meant the 64-wide default
+        if vision.get("heads") is None and vision.get("kind") in (
+            "vit",
+            "resnet",
+        ):  # files written before heads
+            # were explicit meant the 64-wide default
             vision["heads"] = VisionConfig(**vision).num_heads
         pre = dict(data.get("preprocess", {}))
         for key in ("mean", "std"):
@@ -156,9 +177,10 @@ def mlp_ratio_for(hidden: int, width: int) -> float:
 def config_from_spec(spec: dict[str, Any], activation: Activation = "gelu") -> CLIPConfig:
     """A frozen CLIPConfig from a preset spec (see models/presets.py); `head_width` becomes a head count."""
     vision = dict(spec["vision"])
-    head_width = vision.pop("head_width")
-    channels = vision["width"] * 32 if vision["kind"] == "resnet" else vision["width"]  # attention width
-    vision["heads"] = channels // head_width
+    head_width = vision.pop("head_width", None)  # None: a timm tower (no clipforge attention)
+    if head_width is not None:
+        channels = vision["width"] * 32 if vision["kind"] == "resnet" else vision["width"]  # attention width
+        vision["heads"] = channels // head_width
     if isinstance(vision.get("layers"), list):
         vision["layers"] = tuple(vision["layers"])
     pre = {"image_size": vision["image_size"], **spec.get("preprocess", {})}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clipforge.models.tower_presets import TOWER_SPECS
 from clipforge.models.zoo_specs import OPEN_CLIP_SPECS, OPEN_CLIP_UNSUPPORTED
 
 Spec = dict[str, Any]
@@ -82,6 +83,10 @@ CLIPFORGE_SPECS: dict[str, Spec] = {
         "text": {"context_length": 16, "width": 128, "heads": 2, "layers": 2},
     },
 }
+
+CLIPFORGE_SPECS.update(
+    TOWER_SPECS
+)  # timm / Hugging Face towers and the Flickr8k recipes (models/tower_presets.py)
 
 # The nine architectures OpenAI released (their weights: QuickGELU, OpenAI's mean/std, bicubic).
 OPENAI_ARCHITECTURES: tuple[str, ...] = (

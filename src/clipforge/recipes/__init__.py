@@ -1,6 +1,8 @@
-"""Recipes: the CIFAR-10 demo (`demo.py`) and small-scale reproductions of the paper's findings (`experiments/`).
+"""Recipes: complete runs built from the library; nothing in the library imports them.
 
-They use the library (models, data, train, zeroshot, evaluate) like any user would; nothing in the library
-imports them. `clipforge demo` and `clipforge experiment` call into them, and importing
-`clipforge.recipes.experiments.objectives` registers its objectives with the trainer.
+`demo.py`: the CIFAR-10 template demo. `experiments/`: small-scale reproductions of the paper's findings
+(importing `clipforge.recipes.experiments.objectives` registers its objectives with the trainer).
+`language.py`: CLIP on Flickr8k's human captions with three tower set-ups (from scratch, LiT, both towers
+pretrained), evaluated zero-shot on label sets never seen in training (`unseen.py`); `caption_demo.py` is
+`clipforge demo`. They use the library like any user would; `clipforge demo` / `experiment` call into them.
 """

@@ -9,6 +9,7 @@ import torch
 
 from clipforge.tokenizer.bpe import EOT_TOKEN_ID, SOT_TOKEN_ID, VOCAB_PATH, VOCAB_SIZE
 from clipforge.tokenizer.hf_export import write_hf_tokenizer_files
+from clipforge.tokenizer.select import tokenizer_for
 from clipforge.tokenizer.tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer
 
 
@@ -33,17 +34,20 @@ def tokenize(
     return default_tokenizer(context_length)(texts, truncate=truncate)
 
 
-def get_tokenizer(name: str | None = None) -> Tokenizer:
-    """The tokenizer for preset `name` (all share OpenAI's BPE), callable like open_clip's.
+def get_tokenizer(name=None):
+    """The tokenizer for a preset name, a CLIPConfig or a model, callable like open_clip's: OpenAI's BPE,
+    or for an HF text tower (text.kind="hf") its own tokenizer.json (`clipforge.tokenizer.hf`).
 
     Like open_clip's, it uses the model's context length and truncates long texts by default.
     """
-    context_length = DEFAULT_CONTEXT_LENGTH
-    if name is not None:
-        from clipforge.models.config import get_config
+    if name is None:
+        return default_tokenizer(DEFAULT_CONTEXT_LENGTH)
+    from clipforge.models.config import CLIPConfig, get_config
 
-        context_length = get_config(name).text.context_length
-    return default_tokenizer(context_length)
+    config = (
+        get_config(name) if isinstance(name, str) else name if isinstance(name, CLIPConfig) else name.config
+    )
+    return tokenizer_for(config)
 
 
 __all__ = [
@@ -56,5 +60,6 @@ __all__ = [
     "default_tokenizer",
     "get_tokenizer",
     "tokenize",
+    "tokenizer_for",
     "write_hf_tokenizer_files",
 ]

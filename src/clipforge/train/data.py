@@ -2,7 +2,9 @@
 
 Every kind goes through the same stack of clipforge.data: a source decoded once into a (memory-mapped) uint8
 array, captions (templates for labelled images, sampled human captions for image–text tables), the seeded
-epoch sampler split over ranks, batched augmentation keyed by (seed, epoch, index) — `ArrayLoader`.
+epoch sampler split over ranks, batched augmentation keyed by (seed, epoch, index) — `ArrayLoader`. Data too
+big for that streams (`data.kind=stream`): shards split over ranks x workers, a shuffle buffer, the same
+augmentation — `ShardLoader`.
 """
 
 from __future__ import annotations
@@ -16,18 +18,22 @@ from clipforge.data import (
     EpochSampler,
     LabelledArrays,
     PromptCaptioner,
+    ShardLoader,
+    StreamConfig,
     decode_size,
     load_zeroshot_eval,
     open_caption_shards,
     open_caption_table,
     open_labelled_dataset,
+    open_stream,
     synthetic_colours,
 )
 from clipforge.data.captions import Captioner
+from clipforge.data.labelled import read_classes
+from clipforge.tokenizer import tokenizer_for
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import DistInfo
 from clipforge.train.metrics import ZeroShotEval
-from clipforge.zeroshot.classifier import model_tokenizer
 
 SYNTHETIC_TEMPLATES = ("a photo of a {}.",)
 
@@ -43,9 +49,10 @@ def augment_config(config: TrainConfig, model: nn.Module) -> AugmentConfig:
 
 
 def open_source(config: TrainConfig, model: nn.Module, progress: bool) -> tuple[LabelledArrays, Captioner]:
-    """(decoded images, their captioner) for `config.data.kind`; captions are tokenised by the model's tokenizer
-    (`model_tokenizer`, the one place that chooses it)."""
-    data, context_length, tokenizer = config.data, model.context_length, model_tokenizer(model)
+    """(decoded images, their captioner) for `config.data.kind`; captions use the model's own tokenizer (the
+    one place the trainer picks it: OpenAI's BPE, or an HF text tower's)."""
+    data, context_length = config.data, model.context_length
+    tokenizer = tokenizer_for(model)
     size = data.decode_size or model.config.vision.image_size
     cache = dict(cache_dir=data.cache_dir, num_workers=data.num_workers, progress=progress)
     if data.kind == "synthetic":
@@ -68,9 +75,11 @@ def open_source(config: TrainConfig, model: nn.Module, progress: bool) -> tuple[
     return arrays, PromptCaptioner(arrays.classes, templates, config.seed, context_length, tokenizer)
 
 
-def build_train_data(config: TrainConfig, model: nn.Module, info: DistInfo) -> ArrayLoader:
+def build_train_data(config: TrainConfig, model: nn.Module, info: DistInfo) -> ArrayLoader | ShardLoader:
     """This rank's loader for `config.data`: whole batches only, the same count on every rank."""
     data = config.data
+    if data.kind == "stream":
+        return build_stream(config, model, info)
     arrays, captioner = open_source(config, model, info.is_main and config.log.progress)
     sampler = EpochSampler(
         len(arrays), config.seed, data.shuffle, info.rank, info.world_size, data.batch_size, drop_last=True
@@ -81,6 +90,22 @@ def build_train_data(config: TrainConfig, model: nn.Module, info: DistInfo) -> A
             f"{data.batch_size} on each of {info.world_size} rank(s); lower data.batch_size"
         )
     return ArrayLoader(arrays, captioner, sampler, augment_config(config, model))
+
+
+def build_stream(config: TrainConfig, model: nn.Module, info: DistInfo) -> ShardLoader:
+    """`data.kind=stream`: WebDataset shards read as a stream by `data.num_workers` workers per rank, nothing
+    held but each worker's shuffle buffer; images decoded at `data.decode_size` (null: the model's size)."""
+    data = config.data
+    stream = StreamConfig(
+        batch_size=data.batch_size, image_size=data.decode_size or model.config.vision.image_size,
+        seed=config.seed, shuffle_shards=data.shuffle, shuffle_buffer=data.shuffle_buffer if data.shuffle else 0,
+        resampled=data.resampled, samples_per_epoch=data.samples_per_epoch, augment=augment_config(config, model),
+    )  # fmt: skip
+    classes = read_classes(data.classes) if data.classes else None
+    return open_stream(
+        data.path, stream, info.rank, info.world_size, data.num_workers, classes, tuple(data.templates),
+        model.context_length, pin_memory=info.device.type == "cuda", tokenizer=tokenizer_for(model),
+    )  # fmt: skip
 
 
 def build_zeroshot_eval(config: TrainConfig, model: nn.Module) -> ZeroShotEval | None:

@@ -33,23 +33,58 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     groups = [g for g in param_groups(model, weight_decay) if g["params"]]
     if not groups:
-        raise ValueError("no trainable parameters: both towers locked?")
+        raise ValueError(
+            "no trainable parameters: both towers locked (clipforge towers lock with their projections)?"
+        )
     # Fused kernels on GPU and CPU: on this project's 2-core CPU the fused step is ~5% of a demo training step
     # faster than the multi-tensor path, itself ~1.5x faster than the per-parameter loop.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
-def lock_towers(model: nn.Module, lock_image: bool, lock_text: bool) -> None:
-    """LiT: freeze a tower (its parameters get no gradient; BatchNorm statistics stay fixed in eval mode)."""
-    for locked, tower in ((lock_image, model.visual), (lock_text, model.text)):
-        if locked:
+def lock_towers(
+    model: nn.Module,
+    lock_image: bool,
+    lock_text: bool,
+    image_unlocked_groups: int = 0,
+    text_unlocked_layers: int = 0,
+    text_freeze_layer_norm: bool = True,
+) -> None:
+    """LiT: freeze a tower (no gradient; its frozen parts stay in eval mode, see keep_locked_in_eval).
+
+    timm / Hugging Face towers can keep their last `image_unlocked_groups` layer groups /
+    `text_unlocked_layers` transformer layers (and their projection heads) trainable, like open_clip's
+    lock_image_unlocked_groups / lock_text_unlocked_layers; clipforge's own towers lock whole."""
+    for locked, tower, unlocked, kind in (
+        (lock_image, model.visual, image_unlocked_groups, "image"),
+        (lock_text, model.text, text_unlocked_layers, "text"),
+    ):
+        if not locked:
+            continue
+        if hasattr(tower, "lock") and kind == "image":
+            tower.lock(unlocked)
+        elif hasattr(tower, "lock"):
+            tower.lock(unlocked, freeze_layer_norm=text_freeze_layer_norm)
+        elif unlocked:
+            raise ValueError(
+                f"model.lock_{kind}: partial unlocking needs a timm / HF tower; {type(tower).__name__} locks whole"
+            )
+        else:
             tower.requires_grad_(False)
-            tower.eval()
+    keep_locked_in_eval(model, lock_image, lock_text)
+
+
+def frozen_submodules(module: nn.Module) -> list[nn.Module]:
+    """The largest submodules whose parameters (all of them, at least one) get no gradient."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        return [module]
+    return [frozen for child in module.children() for frozen in frozen_submodules(child)]
 
 
 def keep_locked_in_eval(model: nn.Module, lock_image: bool, lock_text: bool) -> None:
-    """Call after model.train(): locked towers stay in eval mode (frozen BatchNorm statistics)."""
-    if lock_image:
-        model.visual.eval()
-    if lock_text:
-        model.text.eval()
+    """Call after model.train(): the frozen parts of locked towers stay in eval mode (BatchNorm statistics
+    and dropout fixed); their unlocked parts train."""
+    for locked, tower in ((lock_image, model.visual), (lock_text, model.text)):
+        if locked:
+            for frozen in frozen_submodules(tower):
+                frozen.eval()

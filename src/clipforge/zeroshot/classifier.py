@@ -77,8 +77,12 @@ def classifier_cache_key(
 
 
 def model_tokenizer(model: nn.Module) -> Callable[[list[str]], Tensor]:
-    """The one CLIP tokenizer wrapper, `clipforge.tokenizer.default_tokenizer`, at the model's context length
-    (truncating long prompts)."""
+    """The model's own tokenizer (`clipforge.tokenizer.tokenizer_for`: the one CLIP BPE wrapper
+    `default_tokenizer`, or an HF text tower's tokenizer.json) at its context length, truncating long prompts."""
+    if hasattr(model, "config"):
+        from clipforge.tokenizer import tokenizer_for
+
+        return tokenizer_for(model)
     from clipforge.tokenizer import default_tokenizer
 
     return default_tokenizer(getattr(model, "context_length", 77))
