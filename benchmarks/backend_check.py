@@ -1,7 +1,7 @@
 """Does `--backend auto` ever pick a slower image tower than the PyTorch one it replaces? (issue #16.2)
 
-For each preset and batch: the apps' model from `apps.backend.use_backend(model, "torch")` (PyTorch with
-optimize_for_inference) and from `use_backend(model, "auto")`, timed interleaved in one process (rounds of
+For each preset and batch: the apps' model from `apps.backend.use_backend(model, "torch")` (PyTorch eager)
+and from `use_backend(model, "auto")`, timed interleaved in one process (rounds of
 torch / auto calls, medians), random weights, `--threads` threads; plus their largest difference in unit
 features. Writes benchmarks/results/backend.{json,md}.
 

@@ -37,6 +37,9 @@ def test_backends_give_pytorch_features(name):
             assert (image - want_image).abs().max().item() <= TOL, backend
             assert (model.encode_text(tokens, normalize=True) - want_text).abs().max().item() <= TOL
             assert model.logit_scale is not None and model.config == reference.config
+            assert not reference.training and not model.training  # BatchNorm statistics stay frozen
+            state = model.state_dict()  # outputs record the weights' fingerprint: they must not change
+            assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
 
 
 def test_unknown_backend_and_text_only_use():

@@ -4,8 +4,9 @@ The rule `auto` follows, from the measurements in docs/performance.md ("ONNX Run
 with onnxruntime installed, the image tower runs as clipforge's own exported fp32 graph in an onnxruntime
 session (faster than PyTorch eager for ViT-B/32 at batch 1 and 32); the text tower stays PyTorch, whose
 shared-prefix encoding (models.prefix) computes fewer positions than any padded graph can. On CUDA, or
-without onnxruntime, both towers stay PyTorch. PyTorch towers get `optimize_for_inference` (BN folding,
-channels-last, patch GEMM, folded QuickGELU: exact to fp32 rounding).
+without onnxruntime, both towers stay PyTorch. The model's own weights are never rewritten (outputs record
+their fingerprint; ONNX Runtime folds BatchNorm into the convolutions itself), so `optimize_for_inference`
+is not applied here.
 
 An ONNX image tower is checked against PyTorch on random images before it is used: unit features differ by
 at most `TOLERANCE`, else `onnx` is an error and `auto` falls back to PyTorch with a warning.
@@ -21,8 +22,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from clipforge.models.inference import optimize_for_inference
 
 Backend = Literal["auto", "torch", "onnx"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
@@ -80,11 +79,9 @@ def use_backend(
     model: nn.Module, backend: Backend = "auto", images: bool = True
 ) -> nn.Module | OnnxImageCLIP:
     """The model the apps should call, per the rule in this module's docstring (`images=False`: the image
-    tower will not be called, so nothing is exported). `model` is rewritten in place by
-    optimize_for_inference (eval-only; do not train or save it afterwards)."""
+    tower will not be called, so nothing is exported). `model` itself is left unchanged."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    model = optimize_for_inference(model, inplace=True)
     if backend == "torch" or not images:
         return model
     if backend == "onnx" and not _on_cpu(model):

@@ -216,4 +216,5 @@ def export_image_tower(model: nn.Module, path: str | os.PathLike) -> Path:
     size = model.config.preprocess.image_size
     with torch.no_grad():
         example = torch.randn(2, 3, size, size)
-        return _export(ImageTower(model), example, Path(path), "images", "image_features", {0: "batch"})
+        tower = ImageTower(model).eval()  # the exporter restores the wrapper's mode onto `model` afterwards
+        return _export(tower, example, Path(path), "images", "image_features", {0: "batch"})
