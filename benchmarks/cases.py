@@ -5,8 +5,10 @@ Fresh processes give each library a clean peak-RSS figure; all libraries load th
 case's outputs (features, or the training losses) are saved so that benchmarks.run can check they are equal.
 
 CASE = kind:model:batch, kind one of image, text-coco, text-77, train. LIB = clipforge, open_clip,
-transformers (text: padding to the longest in each batch, its default with padding=True) or
-transformers-max77 (padding="max_length", like open_clip and OpenAI)."""
+transformers (text: padding to the longest in each batch, its default with padding=True),
+transformers-max77 (padding="max_length", like open_clip and OpenAI), or a runtime on clipforge's exported
+ONNX graphs (benchmarks.onnx_peers: ort-fp32, ort-int8, openvino-fp32, openvino-int8; texts padded to the
+longest in each batch)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.harness import Timing, matmul_peak_gflops, peak_rss_mb, time_fn, timing_dict
+from benchmarks.onnx_peers import PEERS, Peer
 
 SHARED = Path(
     os.environ.get("CLIPFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -59,8 +62,10 @@ def template_captions(n: int, seed: int = 0) -> list[str]:
 # --- model loading: each library from its own file format -------------------------------------------------
 
 
-def load_model(lib: str, model_name: str, weights: Path, inference: bool):
+def load_model(lib: str, model_name: str, weights: Path, inference: bool, image_shape=None):
     meta = json.loads((weights / f"{model_name}.json").read_text())
+    if lib in PEERS:  # exported by benchmarks.run (prepare_onnx) before the cases
+        return Peer(lib, weights / f"{model_name}-onnx", torch.get_num_threads(), image_shape)
     if lib == "clipforge":
         from clipforge.checkpoints import load_any
         from clipforge.models.inference import optimize_for_inference
@@ -86,7 +91,8 @@ def load_model(lib: str, model_name: str, weights: Path, inference: bool):
         model = CLIPModel.from_pretrained(weights / f"{model_name}-hf")
         return model.eval() if inference else model.train()
     raise ValueError(
-        f"unknown library {lib!r}; valid: clipforge, open_clip, transformers, transformers-max77"
+        f"unknown library {lib!r}; valid: clipforge, open_clip, transformers, transformers-max77, "
+        + ", ".join(PEERS)
     )
 
 
@@ -127,6 +133,11 @@ def encode_text_fn(lib: str, model, texts: list[str], weights: Path):
         return (
             lambda: encode_tokens(model, tokens, batch_size=TEXT_BATCH, normalize=False),
             lambda: encode_tokens(model, tokens[:TEXT_BATCH], batch_size=TEXT_BATCH, normalize=False),
+        )
+    if lib in PEERS:  # clipforge's ids (= open_clip's), each batch padded to its longest text
+        encoded = list(tokenize("clipforge", texts, weights).split(TEXT_BATCH))
+        return lambda: torch.cat([model.encode_text(t) for t in encoded]), lambda: model.encode_text(
+            encoded[0]
         )
     batches = [texts[i : i + TEXT_BATCH] for i in range(0, len(texts), TEXT_BATCH)]
     encoded = [tokenize(lib, b, weights) for b in batches]
@@ -183,9 +194,10 @@ def build(case: str, lib: str, weights: Path) -> Built:
     kind, model_name, batch = case.split(":")
     batch = int(batch)
     meta = json.loads((weights / f"{model_name}.json").read_text())
-    model = load_model(lib, model_name, weights, inference=kind != "train")
+    image_shape = (batch, 3, meta["image_size"], meta["image_size"])
+    model = load_model(lib, model_name, weights, kind != "train", image_shape if kind == "image" else None)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, meta["image_size"], meta["image_size"], generator=generator)
+    images = torch.randn(*image_shape, generator=generator)
     outputs: list = []
     warmup_fn = None
     if kind == "image":

@@ -1,7 +1,7 @@
 """Input-pipeline throughput for `make bench`: tokenizer, JPEG preprocessing, the demo's CIFAR loader.
 
 Run in a fresh process by benchmarks.run (`python -m benchmarks.pipeline --threads 2 [--smoke]`, one JSON line):
-- tokenizer: benchmarks.tokenizer_bench's libraries and rounds on the first N COCO val2017 captions;
+- tokenizer: benchmarks.tokenizer_bench's cold and warm rows (all corpora; smoke: 1,000 texts of each);
 - preprocessing: each COCO photo opened and turned into a (3, 224, 224) tensor by clipforge (`load_image` +
   `Preprocess`, full decode and JPEG draft decode) and by open_clip's eval transform; tensors compared;
 - loader: `labelled_loader` on the decoded CIFAR-10 training images with the demo's batch and augmentation.
@@ -12,27 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.cases import SHARED
-from benchmarks.tokenizer_bench import make_libraries, read_captions, run_corpus
-
-TOKENIZER_LIBS = (
-    "clipforge",
-    "open_clip.tokenize",
-    "transformers CLIPTokenizerFast (1 thread)",
-)
+from benchmarks.text_corpora import CORPORA
+from benchmarks.tokenizer_bench import benchmark as tokenizer_benchmark
 
 
-def tokenizer_throughput(n: int, rounds: int) -> list[dict]:
-    captions = read_captions()[:n]
-    with tempfile.TemporaryDirectory() as tmp:
-        libraries = {k: v for k, v in make_libraries(Path(tmp)).items() if k in TOKENIZER_LIBS}
-        return run_corpus("COCO captions", captions, libraries, batch_size=1024, rounds=rounds)
+def tokenizer_throughput(smoke: bool) -> list[dict]:
+    """COCO in full and 5,000 texts of each variant (smoke: 1,000 of each, 1 round)."""
+    limits = {name: 1000 if smoke else (None if name == "coco" else 5000) for name in CORPORA}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tokenizers run on one thread (torch only concatenates)
+    try:
+        return tokenizer_benchmark(limits, batch_size=1024, rounds=1 if smoke else 3)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def preprocess_throughput(n: int, rounds: int) -> dict:
@@ -96,9 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     report = {
-        "tokenizer": tokenizer_throughput(1000 if args.smoke else 5000, 1 if args.smoke else 3),
+        "tokenizer": tokenizer_throughput(args.smoke),
         "preprocess": preprocess_throughput(10 if args.smoke else 60, 1 if args.smoke else 3),
         "loader": loader_throughput(2 if args.smoke else 12),
     }

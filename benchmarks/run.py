@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from benchmarks.cases import SHARED
 from benchmarks.harness import bf16_fp32_ratio, machine_info, matmul_peak_gflops, run_isolated
+from benchmarks.onnx_peers import PEERS, available_peers, peer_settings, prepare_onnx
 from benchmarks.report import summary_markdown, targets
 from benchmarks.weights import prepare_weights
 from clipforge.fileio import atomic_write_json
@@ -29,21 +31,24 @@ from clipforge.results import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEXT_LIBS = ["clipforge", "open_clip", "transformers", "transformers-max77"]
+RUNTIMES = available_peers()  # ONNX Runtime (and OpenVINO when installed) on clipforge's exported graphs
 
 # (case, libraries, repeats): case = kind:model:batch; the first library is the baseline of the ratios
 FULL_CASES = [
-    ("image:ViT-B-32:32", ["clipforge", "open_clip", "transformers"], 3),
-    ("image:ViT-B-32:1", ["clipforge", "open_clip", "transformers"], 5),
-    ("image:RN50:32", ["clipforge", "open_clip"], 3),
-    ("image:RN50:1", ["clipforge", "open_clip"], 5),
-    ("text-coco:ViT-B-32:256", TEXT_LIBS, 2),
+    ("image:ViT-B-32:32", ["clipforge", "open_clip", "transformers", *RUNTIMES], 3),
+    ("image:ViT-B-32:1", ["clipforge", "open_clip", "transformers", *RUNTIMES], 5),
+    ("image:RN50:32", ["clipforge", "open_clip", *RUNTIMES], 3),
+    ("image:RN50:1", ["clipforge", "open_clip", *RUNTIMES], 5),
+    ("text-coco:ViT-B-32:256", [*TEXT_LIBS, *RUNTIMES], 2),
+    ("text-coco:ViT-B-32:32", ["clipforge", "open_clip", "transformers", *RUNTIMES], 3),
+    ("text-coco:ViT-B-32:1", ["clipforge", "open_clip", "transformers", *RUNTIMES], 5),
     ("text-77:ViT-B-32:32", TEXT_LIBS, 3),
     ("train:ViT-B-32:16", ["clipforge", "open_clip"], 2),
     ("train:demo-cifar:512", ["clipforge", "open_clip"], 3),
 ]
 SMOKE_CASES = [
-    ("image:tiny-resnet:4", ["clipforge", "open_clip"], 2),
-    ("text-coco:tiny-vit:16", ["clipforge", "open_clip", "transformers"], 2),
+    ("image:tiny-resnet:4", ["clipforge", "open_clip", *RUNTIMES], 2),
+    ("text-coco:tiny-vit:16", ["clipforge", "open_clip", "transformers", *RUNTIMES], 2),
     ("train:demo-cifar:32", ["clipforge", "open_clip"], 2),
 ]
 
@@ -100,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
         prepare_weights({c.split(":")[1] for c, _, _ in cases}, weights)
+        for name in sorted({c.split(":")[1] for c, libs, _ in cases if set(libs) & set(PEERS)}):
+            prepare_onnx(name, weights, SHARED)  # export + int8, once per model
         for case, libs, repeats in tqdm(cases, desc="bench cases"):
             rows += run_case(case, libs, repeats, weights, args.threads, rounds)
             partial = {"machine": machine_info(args.threads), "matmul_peak": peak, "rows": rows}
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info(args.threads),
         "matmul_peak": {**peak, "peak_gflops_at_end": peak_end["peak_gflops"], "best_gflops": best_peak},
         "bf16_over_fp32_time_ratio": round(bf16_fp32_ratio(), 2),
+        "peer_settings": peer_settings(args.threads),
         "rows": rows,
         "pipeline": pipeline,
     }
@@ -122,6 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
     paths = write_results(args.out, name, report, summary)
     print(summary)
     print(f"results: {paths['json']}")
+    from benchmarks.backend_check import main as backend_main
+
+    smoke = ["--models", "tiny-vit", "--rounds", "1", "--name", "backend_smoke"] if args.smoke else []
+    backend_main(["--threads", str(args.threads), "--out", str(args.out), *smoke])  # --backend auto vs torch
     if not args.no_scaling:
         from benchmarks.scaling import main as scaling_main
 

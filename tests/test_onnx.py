@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +62,38 @@ def test_export_cli_int8_reports_zero_shot_change(shared_data, tmp_path_factory,
     assert int8["image_MB"] < fp32["image_MB"] / 2  # matmul weights really are int8
     assert max(result["max_abs_diff"].values()) <= 1e-4
     assert (out / "export_onnx.json").is_file() and (out / "export_onnx.md").is_file()
+
+
+def test_text_graph_takes_any_length_up_to_the_context(tmp_path):
+    """text.onnx has a dynamic length axis: a batch padded only to its longest text gives the same features."""
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit")
+    paths = export_towers(model, tmp_path)
+    runtime = OnnxCLIP(paths["image"], paths["text"])
+    tokens = clipforge.tokenize(["a photo of a dog.", "x", "a red bicycle leaning on a wall by the sea"])
+    longest = int(tokens.argmax(dim=-1).max()) + 1
+    with torch.no_grad():
+        expected = model.encode_text(tokens).numpy()
+    for length in (longest, longest + 3, 77):
+        assert abs(runtime.encode_text(tokens[:, :length]) - expected).max() <= 1e-5, length
+
+
+def test_static_int8_is_calibrated_and_close(tmp_path):
+    """Static int8: QDQ nodes around the weight-carrying convs/matmuls only; features stay close to fp32."""
+    import onnx
+
+    from clipforge.apps.onnx_export import quantize_int8, weight_nodes
+
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-resnet").eval()
+    paths = export_towers(model, tmp_path)
+    size = model.config.preprocess.image_size
+    images = torch.rand(24, 3, size, size) * 2 - 1
+    int8 = quantize_int8(paths["image"], calibration=list(images[:16].split(8)))
+    graph = onnx.load(str(int8)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= len(weight_nodes(paths["image"])) > 0
+    fp32, q = OnnxCLIP(paths["image"], paths["text"]), OnnxCLIP(int8, paths["text"])
+    a, b = fp32.encode_image(images[16:]), q.encode_image(images[16:])
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.98, cosine

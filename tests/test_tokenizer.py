@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import pickle
@@ -20,15 +21,17 @@ from clipforge.tokenizer import (
     SOT_TOKEN_ID,
     VOCAB_SIZE,
     Tokenizer,
+    clean,
     get_tokenizer,
     tokenize,
     write_hf_tokenizer_files,
 )
 from clipforge.tokenizer.bpe import load_vocab
-from clipforge.tokenizer.clean import WORD_PATTERN, clean_text, is_plain
+from clipforge.tokenizer.clean import WORD_PATTERN, clean_text, ftfy_unchanged, is_plain
 
 REFERENCE = open_clip.tokenizer._tokenizer  # open_clip's SimpleTokenizer behind open_clip.tokenize
 SHARED = Tokenizer()
+BPE_KINDS = ["rust", "python"]  # who merges new words; the ids must not depend on it
 
 FIXED_CASES = [
     "",
@@ -68,6 +71,12 @@ def coco_captions(shared_data) -> list[str]:
         return [row["caption"] for row in csv.DictReader(io.TextIOWrapper(f, encoding="utf-8"))]
 
 
+@functools.lru_cache(maxsize=1)
+def coco_reference(shared_data) -> tuple[list[str], torch.Tensor]:
+    captions = coco_captions(shared_data)
+    return captions, reference_rows(captions)
+
+
 def test_vocabulary_is_openais():
     vocab = load_vocab()
     assert len(vocab.token_to_id) == VOCAB_SIZE == len(REFERENCE.encoder)
@@ -76,9 +85,10 @@ def test_vocabulary_is_openais():
     assert vocab.byte_to_char == open_clip.tokenizer.bytes_to_unicode()
 
 
+@pytest.mark.parametrize("bpe", BPE_KINDS)
 @pytest.mark.parametrize("text", FIXED_CASES)
-def test_fixed_cases_match_open_clip(text):
-    ours = Tokenizer()
+def test_fixed_cases_match_open_clip(text, bpe):
+    ours = Tokenizer(bpe=bpe)
     assert ours.encode(text) == REFERENCE.encode(text)
     assert torch.equal(ours([text], truncate=True), reference_rows([text]))
 
@@ -115,7 +125,8 @@ def test_random_text_matches_open_clip(alphabet, data):
     else:
         text = data.draw(st.text(element, max_size=80))
     expected = REFERENCE.encode(text)
-    assert Tokenizer().encode(text) == expected  # cold caches
+    assert Tokenizer(bpe="rust").encode(text) == expected  # cold caches
+    assert Tokenizer(bpe="python").encode(text) == expected
     assert SHARED.encode(text) == expected  # caches filled by earlier examples
 
 
@@ -139,6 +150,70 @@ def test_plain_text_needs_no_cleaning(text):
     assert ftfy.fix_text(text) == text
     words = list(chain.from_iterable(WORD_PATTERN.findall(c) for c in text.lower().split()))
     assert words == WORD_PATTERN.findall(clean_text(text))
+
+
+@pytest.mark.parametrize("alphabet", sorted(ALPHABETS))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_ftfy_skip_is_exact(alphabet, data):
+    """The non-ASCII fast path's premise: whenever it skips ftfy, ftfy and HTML unescaping change nothing."""
+    element = ALPHABETS[alphabet] | st.sampled_from("a b.,")
+    text = "".join(data.draw(st.lists(element, max_size=60)))
+    if ftfy_unchanged(text):
+        assert ftfy.fix_text(text) == text
+        assert clean_text(text) == " ".join(text.split()).lower()
+
+
+def _detector_chars() -> list[str]:
+    """Every character that some class of ftfy's mojibake detector names, minus those `_needed_chars`
+    keeps, plus ASCII context: the texts most likely to make the detector fire without a needed char."""
+    parser = clean._sre_parse
+    codes = set()
+    for branch in parser.parse(clean.badness.BADNESS_RE.pattern, clean.badness.BADNESS_RE.flags)[0][1][1]:
+        for op, av in branch:
+            codes |= clean._class_codes(op, av) or set()
+    needed = clean._needed_chars(clean.badness.BADNESS_RE)
+    return sorted(chr(c) for c in codes - needed) + list("aZ .,!\n")
+
+
+DETECTOR_CHARS = _detector_chars()
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.sampled_from(DETECTOR_CHARS), max_size=10))
+def test_mojibake_detector_needs_its_characters(text):
+    """ftfy.badness.is_bad can only fire on a text holding one of the characters `_needed_chars` found."""
+    assert not clean.badness.is_bad(text)
+
+
+def test_needed_chars_spare_common_text():
+    needed = clean._needed_chars(clean.badness.BADNESS_RE)
+    assert needed is not None and 150 < len(needed) < 400 and len(DETECTOR_CHARS) > 100
+    assert not {ord(c) for c in "éèàüñçßø日本한ж"} & needed  # lower-case accents, CJK, Cyrillic: no detector
+
+
+def test_fast_path_covers_common_non_ascii_text():
+    """With the installed ftfy the analysis holds, and CJK, accents and emoji skip ftfy entirely."""
+    assert clean._FAST_PATH is not None and clean._FAST_PATH[1] is not None
+    for text in [
+        "日本語のテキスト、中文字符和한국어",
+        "Crème brûlée, naïve café",
+        "emoji 🐶🐱🚀 🇫🇷 ❤️",
+        "straße",
+    ]:
+        assert ftfy_unchanged(text), text
+    for text in ["cafÃ© Ã©tÃ©", "“curly”", "ﬁne", "ｆｕｌｌ", "a&amp;b", "e\u0301", "line\nbreak"]:
+        assert not ftfy_unchanged(text), text
+
+
+@pytest.mark.parametrize("bpe", BPE_KINDS)
+def test_truncation_stops_early_but_exactly(bpe):
+    """Truncated texts stop after the chunks that fill the row; a lone U+0345 (no ids) forces the full text."""
+    texts = ["word " * 500, "\u0345 " * 80 + "tail words here", "a b " * 40 + "end", "x" * 2000]
+    tok = Tokenizer(bpe=bpe)
+    for context_length in (77, 16, 2):
+        expected = reference_rows(texts, context_length)
+        assert torch.equal(tok(texts, context_length=context_length, truncate=True), expected)
 
 
 def test_too_long_raises_or_truncates():
@@ -186,10 +261,11 @@ def test_pickle_and_small_cache_keep_ids():
     assert torch.equal(restored(texts, truncate=True), expected)
 
 
-def test_all_coco_val_captions_match_open_clip(shared_data):
-    captions = coco_captions(shared_data)
+@pytest.mark.parametrize("bpe", BPE_KINDS)
+def test_all_coco_val_captions_match_open_clip(shared_data, bpe):
+    captions, expected = coco_reference(shared_data)
     assert len(captions) == 25_014
-    assert torch.equal(Tokenizer()(captions, truncate=True), reference_rows(captions))
+    assert torch.equal(Tokenizer(bpe=bpe)(captions, truncate=True), expected)
 
 
 def test_hf_tokenizer_files_give_same_ids(tmp_path, shared_data):

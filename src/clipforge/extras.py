@@ -16,6 +16,7 @@ OPTIONAL = {
     "pyarrow": ("pyarrow", "apps"),
     "ahocorasick": ("pyahocorasick", "curate"),
     "torchvision": ("torchvision", "fast"),
+    "tokenizers": ("tokenizers", "fast"),
     "tensorboard": ("tensorboard", "train"),
     "huggingface_hub": ("huggingface_hub", "hub"),
 }

@@ -1,9 +1,10 @@
 """ONNX export of the image and text towers (dynamic batch), checked against PyTorch with onnxruntime,
-with optional int8 dynamic quantisation.
+with optional int8 quantisation (dynamic, or static with activation ranges calibrated on real inputs).
 
 Files written: image.onnx (images (B, 3, S, S) float32 -> image_features (B, E)), text.onnx
-(text (B, L) int64 token ids -> text_features (B, E)), unnormalised like `encode_image` / `encode_text`,
-plus onnx.json (model config, preprocessing, logit scale) so a runtime needs nothing else.
+(text (B, L) int64 token ids -> text_features (B, E); L is dynamic too, up to the context length, so a
+batch can be padded to its longest text), unnormalised like `encode_image` / `encode_text`, plus
+onnx.json (model config, preprocessing, logit scale) so a runtime needs nothing else.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,7 +43,9 @@ class TextTower(nn.Module):
         return self.model.encode_text(text)
 
 
-def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, output_name: str) -> Path:
+def _export(
+    module: nn.Module, example: Tensor, path: Path, input_name: str, output_name: str, dynamic: dict
+) -> Path:
     # the exporter restores the wrapper's own mode afterwards: a wrapper left in training mode would put the
     # whole model in training mode (and its BatchNorm statistics would drift on the next forward)
     module.eval()
@@ -51,7 +55,7 @@ def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, out
         str(path),
         input_names=[input_name],
         output_names=[output_name],
-        dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+        dynamic_axes={input_name: dynamic, output_name: {0: "batch"}},
         opset_version=OPSET,
         dynamo=False,  # the TorchScript exporter needs no onnxscript
     )
@@ -91,8 +95,9 @@ def export_towers(
         image_tmp, text_tmp = staged.path(out_dir / "image.onnx"), staged.path(out_dir / "text.onnx")
         info_tmp = staged.path(out_dir / "onnx.json")
         with torch.no_grad():
-            _export(ImageTower(model), images, image_tmp, "images", "image_features")
-            _export(TextTower(model), tokens, text_tmp, "text", "text_features")
+            image_axes, text_axes = {0: "batch"}, {0: "batch", 1: "length"}
+            _export(ImageTower(model), images, image_tmp, "images", "image_features", image_axes)
+            _export(TextTower(model), tokens, text_tmp, "text", "text_features", text_axes)
         diff = None
         if atol is not None:
             diff = max_abs_diff(model, OnnxCLIP(image_tmp, text_tmp), *probe_inputs(model))
@@ -114,30 +119,86 @@ def export_towers(
     return {"image": image_path, "text": text_path, "info": info_path}
 
 
-def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
-    """Dynamic int8 quantisation of the weights of MatMul/Gemm (activations stay float)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def weight_nodes(onnx_path: str | os.PathLike) -> list[str]:
+    """Names of the Conv/MatMul/Gemm nodes whose second input is a weight (an initializer): the ones worth
+    int8. The attention products (activation x activation) stay float."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and n.input[1] in weights]
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over a list of input batches."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
+        self._feeds = iter([{input_name: np.ascontiguousarray(b, dtype=np.float32)} for b in batches])
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)
+
+
+def quantize_int8(
+    onnx_path: str | os.PathLike,
+    out_path: str | os.PathLike | None = None,
+    calibration: Iterable[np.ndarray | Tensor] | None = None,
+) -> Path:
+    """int8 weights of the weight-carrying Conv/MatMul/Gemm nodes (per output channel when static).
+
+    Without `calibration` activations are quantised dynamically, per call (text towers; any input). With
+    it (batches of real inputs for the graph's single float input, e.g. preprocessed images), quantisation
+    is static: QDQ nodes with uint8 activation ranges calibrated on those batches (min/max) around int8
+    weights, which onnxruntime and OpenVINO fuse into integer kernels. Writes `<stem>.int8.onnx` next to
+    the input unless `out_path` is given."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     from clipforge.fileio import atomic_path
 
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    nodes = weight_nodes(onnx_path)
     with atomic_path(out_path) as tmp:  # complete or absent
-        quantize_dynamic(
-            str(onnx_path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
-        )
+        if calibration is None:
+            quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+        else:
+            input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+            batches = [b.numpy() if isinstance(b, Tensor) else b for b in calibration]
+            quantize_static(
+                str(onnx_path),
+                str(tmp),
+                _Batches(input_name, batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+            )
     return out_path
+
+
+def session_options(threads: int | None = None):
+    """onnxruntime settings used everywhere in clipforge (stated in the benchmark results): `threads`
+    intra-op threads (default torch's thread count), one inter-op thread, sequential execution, all graph
+    optimisations (ORT_ENABLE_ALL: constant folding, Conv+BN, GELU/LayerNorm/MatMul+Add fusions, NCHWc)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
 
 
 class OnnxCLIP:
     """onnxruntime sessions for the two towers, with CLIP's encode_image / encode_text signatures."""
 
-    def __init__(self, image_path: str | os.PathLike, text_path: str | os.PathLike, threads: int = 1):
+    def __init__(self, image_path: str | os.PathLike, text_path: str | os.PathLike, threads: int | None = 1):
         ort = require("onnxruntime", "running ONNX models")
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        options = session_options(threads)
         providers = ["CPUExecutionProvider"]
         self.image = ort.InferenceSession(str(image_path), options, providers=providers)
         self.text = ort.InferenceSession(str(text_path), options, providers=providers)
@@ -176,3 +237,15 @@ def zeroshot_accuracy(
             (np.argmax(feats @ text.T, axis=1) == labels[start : start + batch_size].numpy()).sum()
         )
     return correct / len(images)
+
+
+def export_image_tower(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Only the image graph (as image.onnx of export_towers), for the apps' ONNX Runtime backend whose text
+    tower stays PyTorch; `model` (eval, on CPU) is left unchanged."""
+    if next(model.parameters()).dtype != torch.float32:
+        model = copy.deepcopy(model).float()
+    size = model.config.preprocess.image_size
+    with torch.no_grad():
+        example = torch.randn(2, 3, size, size)
+        tower = ImageTower(model).eval()  # the exporter restores the wrapper's mode onto `model` afterwards
+        return _export(tower, example, Path(path), "images", "image_features", {0: "batch"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clipforge.apps.backend import use_backend
+from clipforge.commands.backend import add_backend_arg
 from clipforge.commands.options import (
     add_model_args,
     load_model_from,
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not cache the label embeddings (default: cached under ~/.cache/clipforge)",
     )
+    add_backend_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     return p
 
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_output_dir(args.move_into, "--move-into")
     paths = collect_images(args.images)
     model, preprocess = load_model_from(args)
+    model = use_backend(model, args.backend)
     report = classify_files(
         model,
         preprocess,

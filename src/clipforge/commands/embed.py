@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clipforge.apps.backend import use_backend
+from clipforge.commands.backend import add_backend_arg
 from clipforge.commands.options import add_model_args, load_model_from, model_source, positive_int, user_path
 
 
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--shard-size", type=positive_int, default=1_000, help="rows per output shard")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    add_backend_arg(p)
     p.add_argument("--metadata", choices=("parquet", "jsonl"), default="parquet")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--quiet", action="store_true")
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_dir(args.out, "--out")
     plan_source(args.source, args.kind, args.column, args.shard_size)  # a bad source is refused first
     model, preprocess = load_model_from(args)
+    model = use_backend(model, args.backend, images=args.kind == "image")
     report = embed_source(
         model,
         preprocess,

@@ -1,0 +1,174 @@
+"""int8 zero-shot change: trained checkpoints exported to ONNX, int8-quantised, evaluated on real sets.
+
+No pretrained CLIP weights exist offline, so the change is measured on checkpoints with real zero-shot
+ability (e.g. `clipforge demo` runs: the CIFAR-10 ResNet demo, its tiny-vit variant, a caption-trained
+demo). Per checkpoint: both towers exported (`clipforge.apps.onnx_export`); image tower int8 static (QDQ,
+per-channel weights, activations calibrated on 64 CIFAR-10 *training* images: no test image is seen),
+text tower int8 dynamic. Zero-shot top-1 on CIFAR-10 test and every ../shared/data/zeroshot set, with
+each set's CLIP prompt templates (mean of unit prompt embeddings per class), by: PyTorch fp32
+(clipforge eager), onnxruntime fp32 and int8, OpenVINO int8 (same int8 files) when installed.
+The speed of int8 is measured by `benchmarks.run` (ViT-B/32 and RN50 rows), not here.
+
+    .venv/bin/python -m benchmarks.int8_bench --checkpoint runs/demo/demo-cifar.safetensors [...] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from benchmarks.cases import SHARED
+from benchmarks.harness import machine_info
+from benchmarks.onnx_peers import Peer, available_peers
+from clipforge.results import markdown_table, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (name, folder, template set of clipforge.zeroshot.templates)
+SETS = [
+    ("cifar10", SHARED / "cifar10", "cifar10"),
+    ("imagenette", SHARED / "zeroshot" / "imagenette", "imagenet"),
+    ("tiny-imagenet", SHARED / "zeroshot" / "tiny-imagenet", "imagenet"),
+    ("flowers5", SHARED / "zeroshot" / "flowers5", "flowers102"),
+    ("mnist", SHARED / "zeroshot" / "mnist", "mnist"),
+]
+CALIBRATION = 64
+
+
+class Eager:
+    """clipforge's PyTorch model with the runtimes' encode_image / encode_text."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        return self.model.encode_image(images)
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        return self.model.encode_text(tokens)
+
+
+def calibration_images(preprocess, n: int = CALIBRATION) -> list[Tensor]:
+    """The first n CIFAR-10 training images (one per class in turn), preprocessed, in batches of 8."""
+    import csv
+
+    from clipforge.transforms import load_image
+
+    with open(SHARED / "cifar10" / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_class: dict[str, list[str]] = {}
+    for row in rows:
+        by_class.setdefault(row["label"], []).append(row["path"])
+    paths = [p for group in zip(*by_class.values()) for p in group][:n]
+    images = torch.stack([preprocess(load_image(SHARED / "cifar10" / p)) for p in paths])
+    return list(images.split(8))
+
+
+@torch.inference_mode()
+def zeroshot_top1(
+    encoder, images: Tensor, labels: Tensor, classnames: list[str], templates: list[str], context_length: int
+) -> float:
+    from clipforge import tokenize
+
+    prompts = [t.replace("{}", c) for c in classnames for t in templates]
+    tokens = tokenize(prompts, context_length=context_length, truncate=True)
+    text = torch.cat([F.normalize(encoder.encode_text(b), dim=-1) for b in tokens.split(256)])
+    classifier = F.normalize(text.view(len(classnames), len(templates), -1).mean(1), dim=-1)  # (C, E)
+    predictions = [
+        (F.normalize(encoder.encode_image(batch), dim=-1) @ classifier.T).argmax(1)
+        for batch in images.split(256)
+    ]
+    return float((torch.cat(predictions) == labels).float().mean())
+
+
+def decoded(dataset) -> tuple[Tensor, Tensor]:
+    """All (preprocessed images, labels) of a set, decoded once for every runtime."""
+    batches = list(torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=False))
+    return torch.cat([b[0] for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
+
+
+def evaluate_checkpoint(path: Path, limit: int | None, threads: int) -> list[dict]:
+    from clipforge.apps.onnx_export import export_towers, quantize_int8
+    from clipforge.checkpoints import load_any
+    from clipforge.evaluate.datasets import csv_dataset
+    from clipforge.transforms import Preprocess
+    from clipforge.zeroshot.templates import get_templates
+
+    model = load_any(path).eval()
+    preprocess = Preprocess(model.config.preprocess)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = export_towers(model, folder)
+        quantize_int8(paths["image"], calibration=calibration_images(preprocess))
+        quantize_int8(paths["text"])
+        runtimes = {"pytorch-fp32": Eager(model)}
+        runtimes.update(
+            {lib: Peer(lib, folder, threads) for lib in available_peers() if lib != "openvino-fp32"}
+        )
+        for name, root, template_set in tqdm(SETS, desc=path.name):
+            dataset = csv_dataset(root / "test.csv", preprocess)
+            if limit:
+                dataset.samples = dataset.samples[:: max(1, len(dataset.samples) // limit)][:limit]
+            templates = get_templates(template_set)
+            row = {
+                "checkpoint": path.name,
+                "set": name,
+                "images": len(dataset),
+                "classes": len(dataset.classes),
+            }
+            images, labels = decoded(dataset)
+            for lib, encoder in runtimes.items():
+                top1 = zeroshot_top1(
+                    encoder, images, labels, dataset.classes, templates, model.context_length
+                )
+                row[lib] = round(100 * top1, 2)
+            row["chance"] = round(100 / len(dataset.classes), 2)
+            for lib in runtimes:
+                if lib.endswith("int8"):
+                    row[f"{lib}_change"] = round(row[lib] - row["pytorch-fp32"], 2)
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, action="append", required=True)
+    parser.add_argument(
+        "--limit", type=int, default=None, help="at most N test images of each set (an even stride over it)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = [row for path in args.checkpoint for row in evaluate_checkpoint(path, args.limit, args.threads)]
+    changes = [abs(v) for row in rows for k, v in row.items() if k.endswith("_change")]
+    report = {
+        "machine": machine_info(args.threads),
+        "checkpoints": [str(p) for p in args.checkpoint],
+        "limit_per_set": args.limit,
+        "rows": rows,
+        "worst_abs_change_points": max(changes, default=None),
+    }
+    summary = (
+        "# int8 zero-shot change (top-1, %)\n\n"
+        "Both towers int8 (image: static QDQ calibrated on 64 CIFAR-10 training images; text: dynamic), "
+        "vs clipforge's PyTorch fp32; each set's CLIP templates; `*_change` = int8 - fp32 in points. "
+        f"Worst |change|: {report['worst_abs_change_points']} points (target <= 1).\n\n"
+        + markdown_table(rows)
+    )
+    name = "int8_zeroshot"  # --limit is recorded in the report
+    paths = write_results(args.out, name, report, summary)
+    print(summary)
+    print(f"results: {paths['json']}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
