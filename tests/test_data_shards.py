@@ -1,4 +1,4 @@
-"""WebDataset shards: rank x worker split, resume by position, skip counting, cache keyed by shard hashes."""
+"""WebDataset shards: the tar reader, skip counting, the decode cache keyed by shard hashes (streaming: test_data_stream)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipforge.data import PromptCaptioner, cached_shards, expand_shards, iter_shard
+from clipforge.data import cached_shards, expand_shards, iter_shard
 from clipforge.data.tarshards import split_key
-from clipforge.data.webdataset import SHARD_STRIDE, ShardLoader, ShardStream, StreamConfig
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -48,72 +47,25 @@ def write_shards(
     return folder
 
 
-@pytest.fixture(scope="module")
-def rows(shared_data):
+def cifar_rows(shared_data) -> list[tuple]:
+    """(JPEG path, label) of the 1,000 CIFAR-10 test images."""
     lines = (shared_data / "cifar10" / "test.csv").read_text().splitlines()[1:]
     return [(shared_data / "cifar10" / p, int(label)) for p, label, _ in (line.split(",") for line in lines)]
+
+
+@pytest.fixture(scope="module")
+def rows(shared_data):
+    return cifar_rows(shared_data)
 
 
 def _indices(batches) -> list[int]:
     return torch.cat([b["index"] for b in batches]).tolist() if batches else []
 
 
-def _stream(folder, rank=0, world=1, batch_size=4, captioner=None, **kw):
-    config = StreamConfig(batch_size=batch_size, image_size=32, seed=0, **kw)
-    return ShardStream(folder, config, captioner=captioner, tokenizer=_tokenizer, rank=rank, world_size=world)
-
-
-@pytest.mark.parametrize("num_shards", [5, 3])  # 5 >= 4 consumers: split by shard; 3: split by sample
-def test_two_ranks_two_workers_cover_each_sample_once(tmp_path, rows, num_shards):
-    folder = write_shards(tmp_path / "s", rows, num_shards, per_shard=10)
-    everything = []
-    for rank in range(2):
-        loader = ShardLoader(_stream(folder, rank=rank, world=2), num_workers=2)
-        everything += _indices(list(loader))
-    expected = [s * SHARD_STRIDE + o for s in range(num_shards) for o in range(10)]
-    assert sorted(everything) == expected  # each sample exactly once over 2 ranks x 2 workers
-
-
-def test_resume_from_positions_yields_exactly_the_rest(tmp_path, rows):
-    folder = write_shards(tmp_path / "s", rows, 4, per_shard=9)
-    first = ShardLoader(_stream(folder), num_workers=2)
-    first.set_epoch(2)
-    consumed = []
-    for step, batch in enumerate(first):
-        consumed.append(batch)
-        if step == 3:
-            break
-    state = json.loads(json.dumps(first.state_dict()))  # survives a JSON checkpoint
-    second = ShardLoader(_stream(folder), num_workers=2)
-    second.load_state_dict(state)
-    rest = list(second)
-    done, remaining = _indices(consumed), _indices(rest)
-    assert len(done) == 16 and not set(done) & set(remaining)
-    assert sorted(done + remaining) == sorted(s * SHARD_STRIDE + o for s in range(4) for o in range(9))
-    # a resumed batch is identical to the same samples' batch in an uninterrupted epoch (keyed randomness)
-    full = ShardLoader(_stream(folder), num_workers=2)
-    full.set_epoch(2)
-    by_first = {tuple(b["index"].tolist()): b for b in full}
-    twins = [
-        (b, by_first[tuple(b["index"].tolist())]) for b in rest if tuple(b["index"].tolist()) in by_first
-    ]
-    assert len(twins) >= len(rest) - 2  # batch boundaries match except where a consumer's share ends
-    for batch, twin in twins:
-        assert torch.equal(batch["images"], twin["images"]) and torch.equal(batch["text"], twin["text"])
-    with pytest.raises(ValueError, match="same topology"):
-        ShardLoader(_stream(folder), num_workers=1).load_state_dict(state)
-
-
-def test_corrupt_samples_in_shards_are_skipped_and_counted(tmp_path, rows):
+def test_corrupt_samples_in_shards_are_skipped_and_counted_by_the_cache(tmp_path, rows):
     good = (rows[0][0]).read_bytes()
     damage = {3: good[: len(good) // 3], 11: b"garbage", 12: b""}
     folder = write_shards(tmp_path / "s", rows, 2, per_shard=8, gz=False, damage=damage)
-    captioner = PromptCaptioner(CLASSES, tokenizer=_tokenizer)
-    loader = ShardLoader(_stream(folder, captioner=captioner, batch_size=5), num_workers=2)
-    batches = list(loader)
-    assert len(_indices(batches)) == 13
-    assert loader.skips.as_dict() == {"corrupt_image": 3}
-    assert all(b["images"].shape[1:] == (3, 32, 32) for b in batches)
     decoded = cached_shards(folder, tmp_path / "cache", num_workers=1, progress=False)
     assert len(decoded) == 13 and decoded.skips.as_dict() == {"corrupt_image": 3}
 

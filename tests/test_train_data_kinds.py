@@ -64,5 +64,5 @@ def test_objective_needing_labels_refuses_pairs(tmp_path) -> None:
 def test_unregistered_objective_names_the_registered_ones(tmp_path) -> None:
     config = load_config(TrainConfig, None, ["loss.objective=nope", "max_steps=1", f"output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="not a registered objective; registered: bag-of-words, captioning, "
-                       "contrastive, supervised"):  # fmt: skip
+                       "contrastive, sigmoid, supervised"):  # fmt: skip
         fit(config)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from clipforge.models import CLIP, get_config
@@ -29,3 +31,25 @@ def test_restore_rng_from_a_machine_with_more_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((int(s[0]), i)))
     state_module.restore_rng(saved)
     assert restored == [(0, 0), (1, 1)]  # the two visible devices; set_rng_state_all would fail on index 2
+
+
+def test_deterministic_mode_is_strict_on_cuda(monkeypatch):
+    from clipforge.train.seeding import global_state_restored, seed_everything
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with global_state_restored():
+        seed_everything(0, True, "cuda")
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS's deterministic workspace
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()  # an error, not a warning
+        seed_everything(0, True, "cpu")
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # CPU: warn (resume is tested exact)
+    assert not torch.are_deterministic_algorithms_enabled()  # fit leaves the process as it found it
+
+
+def test_resnet_trains_channels_last_on_gpus_too():
+    from clipforge.train.loop import use_fast_layout
+
+    model = CLIP(get_config("tiny-resnet"))
+    use_fast_layout(model, torch.device("cuda"))
+    assert model.visual.channels_last

@@ -91,7 +91,8 @@ def _halves(batch):
 def _distributed_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
 
-    from clipforge.train.distributed import all_reduce_mean, average_gradients
+    from clipforge.train.distributed import all_reduce_mean
+    from clipforge.train.reducer import GradientReducer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
@@ -102,8 +103,9 @@ def _distributed_worker(rank: int, world_size: int, init_file: str, out_file: st
     for name, local_loss, accum in [("full", False, 1), ("local", True, 1), ("local_accum2", True, 2)]:
         model = tiny_model()
         objective = ContrastiveObjective(model, local_loss=local_loss)
-        loss = accumulate_gradients(objective, local, accum)["loss"]
-        average_gradients([p for p in model.parameters()])
+        reducer = GradientReducer(list(model.parameters()), bucket_bytes=2**16)  # as fit() averages
+        loss = accumulate_gradients(objective, local, accum, before_last_backward=reducer.arm)["loss"]
+        reducer.finish()
         results[name] = (all_reduce_mean(loss).item(), gradients(model))
     if rank == 0:
         torch.save(results, out_file)

@@ -147,3 +147,96 @@ def test_ema_definition_eval_copy_and_exact_resume():
         resumed.update(model)
     for name, value in ema.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
+
+
+FIT = [
+    "model.context_length=12",
+    "data.num_samples=64",
+    "data.batch_size=8",
+    "epochs=1",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=2",
+    "checkpoint.every_steps=3",
+    "checkpoint.keep_last=5",
+    "log.progress=false",
+    "log.plot=false",
+    "device=cpu",
+    "loss.objective=sigmoid",
+    "model.patch_dropout=0.25",
+    "ema_decay=0.9",
+]
+
+
+class _Abort(Exception):
+    pass
+
+
+def test_fit_sigmoid_patch_dropout_ema_resume_exactly(tmp_path):
+    from clipforge.overrides import load_config
+    from clipforge.train import TrainConfig, fit
+    from clipforge.train.state import load_state
+
+    evaluated = []
+
+    def zeroshot(model):
+        evaluated.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"zeroshot_top1": 0.5}
+
+    reference = fit(
+        load_config(TrainConfig, None, [*FIT, f"output_dir={tmp_path / 'ref'}"]), zeroshot=zeroshot
+    )
+    expected = load_state(reference["checkpoint"])
+    assert expected["step"] == 8 and expected["ema"]["updates"] == 8
+    for name, value in evaluated[-1].items():  # zero-shot ran on the EMA weights, not the trained ones
+        assert torch.equal(value, expected["ema"]["model"][name]), name
+    assert any(not torch.equal(expected["model"][k], v) for k, v in expected["ema"]["model"].items())
+    assert expected["objective_extra"]["logit_bias"] != -10.0  # the sigmoid loss's bias trained
+
+    def abort(event, info):
+        if event == "step" and info["step"] == 5:
+            raise _Abort
+
+    run = [*FIT, f"output_dir={tmp_path / 'run'}"]
+    with pytest.raises(_Abort):
+        fit(load_config(TrainConfig, None, run), callbacks=(abort,), zeroshot=zeroshot)
+    resumed = fit(load_config(TrainConfig, None, [*run, "checkpoint.resume=auto"]), zeroshot=zeroshot)
+    final = load_state(resumed["checkpoint"])
+    for part in ("model", "objective_extra"):
+        for name, value in expected[part].items():
+            assert torch.equal(final[part][name], value), (part, name)
+    for name, value in expected["ema"]["model"].items():
+        assert torch.equal(final["ema"]["model"][name], value), name
+
+
+def test_fit_compile_option_same_training(tmp_path, monkeypatch):
+    """model.compile=true compiles the towers (inductor; here the quick aot_eager backend) and trains the same."""
+    from clipforge.overrides import load_config
+    from clipforge.train import TrainConfig, fit, loop
+    from clipforge.train.state import load_state
+
+    compiled = []
+    monkeypatch.setattr(
+        loop, "compile_towers", lambda m: compiled.append(m) or compile_towers(m, "aot_eager")
+    )
+    base = [*FIT[:-3], "max_steps=3"]
+    plain = load_state(
+        fit(load_config(TrainConfig, None, [*base, f"output_dir={tmp_path / 'a'}"]))["checkpoint"]
+    )
+    result = fit(
+        load_config(TrainConfig, None, [*base, "model.compile=true", f"output_dir={tmp_path / 'b'}"])
+    )
+    assert len(compiled) == 1
+    state = load_state(result["checkpoint"])
+    assert state["model"].keys() == plain["model"].keys()
+    for name, value in plain["model"].items():
+        torch.testing.assert_close(state["model"][name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_patch_dropout_needs_a_vit(tmp_path):
+    from clipforge.overrides import ConfigError, load_config
+    from clipforge.train import TrainConfig, fit
+
+    with pytest.raises(ValueError, match="needs a ViT image tower, not ModifiedResNet"):
+        fit(load_config(TrainConfig, None, [*FIT, "model.name=tiny-resnet", f"output_dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match="model.patch_dropout must be in"):
+        load_config(TrainConfig, None, ["model.patch_dropout=1.0"]).validate()

@@ -92,6 +92,24 @@ def test_paper_init_and_state():
     assert isinstance(objective, ContrastiveObjective)  # same towers, step hook and embedding cache
 
 
+def test_a_model_with_its_own_bias_trains_that_bias():
+    from clipforge.models import CLIP, get_config
+
+    model = CLIP(get_config("tiny-vit"))
+    model.logit_bias = nn.Parameter(torch.tensor(-3.0))  # as a SigLIP preset's (init_logit_bias)
+    kept = SigmoidObjective(model, init_logit_bias=None)
+    assert kept.logit_bias is None and kept.bias() is model.logit_bias and model.logit_bias.item() == -3.0
+    assert not any(name == "logit_bias" for name, _ in kept.named_parameters())  # only model.logit_bias
+    text = torch.randint(1, 100, (4, model.context_length))
+    loss = kept.loss_from_embeddings(
+        model.encode_image(torch.randn(4, 3, 32, 32), normalize=True), model.encode_text(text, normalize=True)
+    )
+    loss["loss"].backward()
+    assert model.logit_bias.grad is not None and model.logit_bias.grad.abs().item() > 0
+    SigmoidObjective(model)  # the paper's init re-initialises the model's bias
+    assert model.logit_bias.item() == -10.0
+
+
 def test_grad_cache_accumulation_equals_big_batch():
     batch = linear_batch()
     reference = objective_for("ring")
@@ -133,15 +151,17 @@ def _distributed_worker(rank: int, init_prefix: str, out_prefix: str) -> None:
 
 
 def _distributed_case(rank: int, world_size: int) -> dict:
-    from clipforge.train.distributed import all_reduce_mean, average_gradients
+    from clipforge.train.distributed import all_reduce_mean
+    from clipforge.train.reducer import GradientReducer
 
     share = BATCH // world_size
     local = {k: v[rank * share : (rank + 1) * share] for k, v in linear_batch().items()}
     results = {}
     for form, accum in [("gather", 1), ("ring", 1), ("ring", 2)]:
         objective = objective_for(form)
-        loss = accumulate_gradients(objective, local, accum)["loss"]
-        average_gradients(list(objective.parameters()))
+        reducer = GradientReducer(list(objective.parameters()))  # as fit() averages gradients over ranks
+        loss = accumulate_gradients(objective, local, accum, before_last_backward=reducer.arm)["loss"]
+        reducer.finish()
         results[f"{form}_accum{accum}"] = (all_reduce_mean(loss).item(), grads_of(objective))
     memory = {form: _loss_memory(form, rank) for form in ("gather", "ring")}
     return {"results": results, "memory": memory}

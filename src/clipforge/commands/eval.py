@@ -64,11 +64,15 @@ def cmd_linear_probe(args) -> dict:
 
 
 def cmd_fewshot(args) -> dict:
+    from dataclasses import replace
+
     from clipforge.evaluate.fewshot import FewShotConfig
     from clipforge.evaluate.tasks import fewshot_task
 
     model, transform = _model(args.model, args)
-    config = FewShotConfig(shots=tuple(args.shots), seeds=tuple(args.seeds), methods=tuple(args.methods))
+    config = FewShotConfig(shots=tuple(args.shots), seeds=tuple(args.seeds))
+    if args.methods:
+        config = replace(config, methods=tuple(args.methods))
     return fewshot_task(
         model, transform, _data(args), args.out, args.model, config, args.batch_size, not args.no_cache
     )
@@ -147,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p), _dataset_args(p)
     p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=["linear_probe", "anchored", "cache"])
+    p.add_argument(
+        "--methods", nargs="+", default=None,
+        help="of linear_probe anchored tip_adapter tip_adapter_f zs_lp clap (default: all)",
+    )  # fmt: skip
     p = sub.add_parser("shift", help="one or more models over several datasets + effective robustness")
     _common(p, many_models=True)
     p.add_argument("--data", action="append", default=[], help="NAME=ROOT, e.g. imagenet-r=/data (repeat)")

@@ -30,7 +30,7 @@ from clipforge.data.records import Record, decode_caption, decode_image
 from clipforge.data.sampler import EpochBatchSampler, EpochSampler, epoch_permutation, seeded_split
 from clipforge.data.synthetic import synthetic_colours
 from clipforge.data.tarshards import expand_shards, iter_shard
-from clipforge.data.webdataset import ShardLoader, ShardStream, StreamConfig
+from clipforge.data.webdataset import ShardLoader, ShardStream, StreamConfig, open_stream
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -80,6 +80,7 @@ __all__ = [
     "open_caption_shards",
     "open_caption_table",
     "open_labelled_dataset",
+    "open_stream",
     "read_caption_folder",
     "read_caption_table",
     "read_classes",

@@ -32,6 +32,15 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+def mix64(*words: int) -> int:
+    """splitmix64 folded over Python ints (seeds, counters): one well-spread 64-bit hash of all of them."""
+    state = np.uint64(0)
+    with np.errstate(over="ignore"):
+        for word in words:
+            state = _splitmix64(state + np.uint64(word & 0xFFFFFFFFFFFFFFFF))
+    return int(state)
+
+
 def keyed_uniform(seed: int, epoch: int, index: Tensor | np.ndarray, stream: int) -> np.ndarray:
     """(B,) float64 in [0, 1): a pure function of (seed, epoch, index, stream)."""
     index = np.asarray(index, dtype=np.int64).astype(np.uint64)

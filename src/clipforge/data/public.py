@@ -57,7 +57,8 @@ def _folder_cifar(path: Path) -> tuple[Path, int] | None:
     return None
 
 
-def _classes_near(*folders: Path) -> list[str] | None:
+def classes_near(*folders: Path) -> list[str] | None:
+    """The names in the first `classes.txt` found in these folders (label = line number), None if none."""
     for folder in folders:
         if (folder / "classes.txt").is_file():
             return read_classes(folder / "classes.txt")
@@ -131,7 +132,7 @@ def open_labelled_dataset(
         return LabelledArrays.from_arrays(arrays, source=f"cifar-python:{root}")
     if kind == "shards":
         decoded = cached_shards(target, cache_dir, image_size, num_workers=num_workers, progress=progress)
-        classes = _classes_near(target[0].parent, target[0].parent.parent)
+        classes = classes_near(target[0].parent, target[0].parent.parent)
         if classes is None and decoded.class_names:
             classes = [decoded.class_names.get(i, str(i)) for i in range(max(decoded.class_names) + 1)]
         if classes is None:
@@ -140,10 +141,10 @@ def open_labelled_dataset(
     if kind == "table":
         skips = SkipCounter()
         records = read_table(target, caption_column=None, label_column="label", skips=skips)
-        classes = _classes_near(target.parent) or _classes_from_table(target)
+        classes = classes_near(target.parent) or _classes_from_table(target)
     else:
         records, classes = read_image_folder(
-            target, _classes_near(target, target.parent, target.parent.parent)
+            target, classes_near(target, target.parent, target.parent.parent)
         )
         skips = SkipCounter()
     decoded = cached_records(records, cache_dir, image_size, num_workers=num_workers, progress=progress)

@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-
-from clipforge.data.shuffle_buffer import mix64
+from clipforge.data.augment import mix64
+from clipforge.data.sampler import epoch_permutation
 
 
 @dataclass(frozen=True)
@@ -36,18 +35,11 @@ class ShardRead:
         return len(range(self.phase, shard_size, self.stride)) if self.stride > 1 else shard_size
 
 
-def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
-    if not shuffle:
-        return list(range(num_shards))
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
-    return torch.randperm(num_shards, generator=generator).tolist()
-
-
 def epoch_plan(num_shards: int, seed: int, epoch: int, consumer: int, consumers: int, shuffle: bool = True):
     """This consumer's reads of the epoch, in order: its whole shards, then its share of the remainder."""
     if not 0 <= consumer < consumers:
         raise ValueError(f"consumer {consumer} outside [0, {consumers})")
-    order = shard_order(num_shards, seed, epoch, shuffle)
+    order = epoch_permutation(num_shards, seed, epoch, shuffle).tolist()
     whole = num_shards - num_shards % consumers
     reads = [ShardRead(shard) for shard in order[consumer:whole:consumers]]
     rest = order[whole:]  # the phase rotates so no consumer takes every shard's rounding extra

@@ -12,19 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
-_MASK = (1 << 64) - 1
-
-
-def mix64(*words: int) -> int:
-    """splitmix64 over the words: a cheap, well-spread 64-bit hash (seeds, counters)."""
-    state = 0
-    for word in words:
-        state = (state + (word & _MASK) + 0x9E3779B97F4A7C15) & _MASK
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-        state = z ^ (z >> 31)
-    return state
+from clipforge.data.augment import mix64
 
 
 class ShuffleBuffer:

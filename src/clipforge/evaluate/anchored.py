@@ -8,14 +8,14 @@ zero-shot prototypes W0 and are pulled back toward them by a per-class penalty
 where s is the model's logit scale and a_c the zero-shot model's Laplace-smoothed accuracy on class c's support
 examples (where zero-shot already works, stay near it; where it fails, let the data move the class). The one
 global strength lambda is chosen by cross-validation *on the support set itself* (no held-out data): folds
-hold out one shot of every class (leave-one-out at one shot), the candidates run from "infinite" (the
+hold out one shot of every class (at one shot: the only shot of a share of the classes), the candidates run from "infinite" (the
 zero-shot classifier, no fit) down to 1e-4, the score is the held-out cross-entropy, and the one-standard-error
 rule keeps the strongest penalty whose score is within one standard error of the best. With few shots the
 error bars are wide and the rule stays at (or near) zero-shot; as shots accumulate they shrink and the
 penalty is free to vanish, so the probe approaches a plain probe that starts from zero-shot.
 
-`cache_adapter_logits` is the training-free Tip-Adapter-style baseline: zero-shot logits plus a blend of
-similarities to the support examples.
+Other few-shot baselines: `clipforge.evaluate.tip_adapter` (Tip-Adapter, -F) and
+`clipforge.evaluate.prototype_probe` (ZS-LP, CLAP).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clipforge.evaluate.support import cross_validate, one_se_choice
+
 ZEROSHOT = math.inf  # the candidate strength that means "keep the zero-shot classifier"
 
 
@@ -34,8 +36,8 @@ ZEROSHOT = math.inf  # the candidate strength that means "keep the zero-shot cla
 class AnchoredConfig:
     max_iter: int = 300
     tolerance_grad: float = 1e-7
-    strengths: tuple[float, ...] = (ZEROSHOT,) + tuple(10.0**e for e in range(4, -5, -1))  # strongest first
-    max_folds: int = 4  # folds over shots; one shot per class -> leave-one-out over examples
+    strengths: tuple[float, ...] = (ZEROSHOT,) + tuple(10.0**e for e in range(4, -9, -1))  # strongest first
+    max_folds: int = 4  # folds over shots (`clipforge.evaluate.support.shot_folds`)
     one_se_rule: bool = True
 
 
@@ -66,13 +68,21 @@ def class_strengths(
 
 
 def fit_anchored_weights(
-    x: Tensor, y: Tensor, w0: Tensor, logit_scale: float, penalty: Tensor, config: AnchoredConfig
+    x: Tensor,
+    y: Tensor,
+    w0: Tensor,
+    logit_scale: float,
+    penalty: Tensor,
+    config: AnchoredConfig,
+    init: Tensor | None = None,
 ) -> Tensor:
-    """(E, C) minimiser of sum_i CE(s x_i W, y_i) + sum_c penalty_c s^2 ||w_c - w0_c||^2, by L-BFGS from W0."""
+    """(E, C) minimiser of sum_i CE(s x_i W, y_i) + sum_c penalty_c s^2 ||w_c - w0_c||^2, by L-BFGS from
+    `init` (default W0; the cross-validation walks the strengths from strong to weak, each fit warm-started
+    from the previous one, as glmnet walks its lambda path)."""
     n, num_classes = len(y), w0.shape[1]
     onehot = F.one_hot(y, num_classes).to(x.dtype)  # (n, C)
     strength = penalty * logit_scale**2  # (C,)
-    weight = w0.clone()
+    weight = (w0 if init is None else init).clone()
     optimizer = torch.optim.LBFGS(
         [weight], max_iter=config.max_iter, tolerance_grad=config.tolerance_grad,
         tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe",
@@ -90,37 +100,26 @@ def fit_anchored_weights(
     return weight
 
 
-def shot_folds(labels: Tensor, max_folds: int) -> Tensor:
-    """(N,) fold id: an example's rank within its class modulo min(k, max_folds); with one shot per class,
-    every example is its own fold (leave-one-out)."""
-    rank = torch.zeros(len(labels), dtype=torch.long)
-    for c in labels.unique():
-        idx = (labels == c).nonzero().flatten()
-        rank[idx] = torch.arange(len(idx))
-    shots = int(torch.bincount(labels).max())
-    return torch.arange(len(labels)) if shots == 1 else rank % min(shots, max_folds)
-
-
 def select_strength(
     x: Tensor, y: Tensor, w0: Tensor, logit_scale: float, shape: Tensor, config: AnchoredConfig
 ) -> tuple[float, dict[float, tuple[float, float]]]:
     """Cross-validate lambda over the support set; returns the choice and lambda -> (mean held-out CE, SE)."""
-    folds = shot_folds(y.cpu(), config.max_folds).to(y.device)
-    scores: dict[float, tuple[float, float]] = {}
-    for strength in config.strengths:
-        losses = torch.empty(len(y), device=x.device)
-        for fold in folds.unique():
-            held, kept = folds == fold, folds != fold
-            weight = w0
+
+    def held_out_logits(kept, held, candidates):
+        out, weight = [], w0
+        for strength in candidates:  # strongest first: each fit starts from the previous one
             if strength != ZEROSHOT:
-                weight = fit_anchored_weights(x[kept], y[kept], w0, logit_scale, strength * shape, config)
-            losses[held] = F.cross_entropy(logit_scale * x[held] @ weight, y[held], reduction="none")
-        scores[strength] = (float(losses.mean()), float(losses.std() / math.sqrt(len(losses))))
-    best = min(scores, key=lambda s: scores[s][0])
+                weight = fit_anchored_weights(
+                    x[kept], y[kept], w0, logit_scale, strength * shape, config, init=weight
+                )
+            out.append(logit_scale * x[held] @ weight)
+        return out
+
+    scores = cross_validate(y, list(config.strengths), held_out_logits, config.max_folds)
+    table = {s: (h.mean_loss, h.loss_se) for s, h in scores.items()}
     if not config.one_se_rule:
-        return best, scores
-    bound = scores[best][0] + scores[best][1]
-    return next(s for s in config.strengths if scores[s][0] <= bound), scores  # strongest within 1 SE
+        return min(scores, key=lambda s: scores[s].mean_loss), table
+    return one_se_choice(scores), table
 
 
 def fit_anchored_probe(
@@ -144,20 +143,3 @@ def fit_anchored_probe(
     if penalty != ZEROSHOT:
         weight = fit_anchored_weights(x, y, w0, logit_scale, penalty * shape, config)
     return AnchoredProbe(weight, float(logit_scale), shape, float(penalty), cv_loss)
-
-
-def cache_adapter_logits(
-    query_features: Tensor,
-    support_features: Tensor,
-    support_labels: Tensor,
-    zeroshot_weights: Tensor,
-    logit_scale: float,
-    alpha: float = 1.0,
-    beta: float = 5.5,
-) -> Tensor:
-    """Training-free cache model: s x W0 + alpha * exp(-beta (1 - x . f_j)) @ onehot(y_j). -> (N, C)."""
-    num_classes = zeroshot_weights.shape[1]
-    q = query_features.float()
-    affinity = torch.exp(-beta * (1.0 - q @ support_features.float().T))  # (N, K)
-    onehot = F.one_hot(support_labels.long(), num_classes).float().to(q.device)  # (K, C)
-    return logit_scale * q @ zeroshot_weights.float() + alpha * affinity @ onehot

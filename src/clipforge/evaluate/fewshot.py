@@ -1,38 +1,122 @@
-"""k-shot curves: plain linear probe, zero-shot-anchored probe and the cache baseline against zero-shot.
+"""k-shot curves: few-shot methods against the zero-shot classifier, on cached unit image embeddings.
 
-Works on cached unit image embeddings (N, E) so every method sees the same features. The plain probe chooses
-its L2 strength on a k-shot validation set drawn from the rest of the training split (never the test split);
-the anchored probe and the cache baseline use the support set only.
+Every method sees the same k-shot support set (k images per class drawn from a train split) and nothing else:
+settings a method needs are chosen by cross-validation on the support set (`clipforge.evaluate.support`),
+never on the test split, which only scores. Methods (`METHODS`):
+
+- `linear_probe`: the paper's L2 logistic regression, lambda by support-set cross-validation.
+- `anchored`: the zero-shot-anchored probe (`evaluate.anchored`).
+- `tip_adapter`, `tip_adapter_f`: Tip-Adapter and Tip-Adapter-F (Zhang et al., ECCV 2022; `evaluate.tip_adapter`).
+- `zs_lp`, `clap`: the zero-shot-initialised probe and CLAP's class-adaptive penalty (Silva-Rodriguez et al.,
+  CVPR 2024; `evaluate.prototype_probe`).
+
+Each run records what it chose (lambda, alpha/beta, steps) so a report can show the regularisation per k.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from clipforge.evaluate.anchored import AnchoredConfig, cache_adapter_logits, fit_anchored_probe
-from clipforge.evaluate.linear_probe import ProbeConfig, linear_probe
+from clipforge.evaluate.anchored import AnchoredConfig, fit_anchored_probe
+from clipforge.evaluate.linear_probe import ProbeConfig, fit_logistic_regression, search_lambda_cv
 from clipforge.evaluate.metrics import classification_metrics
+from clipforge.evaluate.prototype_probe import PrototypeProbeConfig, fit_clap, fit_zs_lp
+from clipforge.evaluate.tip_adapter import TipConfig, fit_tip_adapter, fit_tip_adapter_f
 from clipforge.figures import pyplot, save_figure
 
-METHODS = ("zeroshot", "linear_probe", "anchored", "cache")
+DEFAULT_METHODS = ("linear_probe", "anchored", "tip_adapter", "tip_adapter_f", "zs_lp", "clap")
 
 
 @dataclass(frozen=True)
 class FewShotConfig:
     shots: tuple[int, ...] = (1, 2, 4, 8, 16)
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = ("linear_probe", "anchored", "cache")
-    probe: ProbeConfig = ProbeConfig()
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    probe: ProbeConfig = ProbeConfig(max_iter=300)
+    probe_folds: int = 4
     anchored: AnchoredConfig = AnchoredConfig()
+    tip: TipConfig = TipConfig()
+    prototype: PrototypeProbeConfig = PrototypeProbeConfig()
+
+
+@dataclass(frozen=True)
+class Support:
+    features: Tensor  # (N, E) unit embeddings
+    labels: Tensor  # (N,)
+    zeroshot_weights: Tensor  # (E, C) unit columns
+    logit_scale: float
+    seed: int
+
+
+Fitted = tuple[Callable[[Tensor], Tensor], dict]  # (test features -> logits, what was chosen)
+
+
+def fit_zeroshot(s: Support, config: FewShotConfig) -> Fitted:
+    return (lambda x: s.logit_scale * x.float() @ s.zeroshot_weights), {}
+
+
+def fit_linear_probe(s: Support, config: FewShotConfig) -> Fitted:
+    num_classes = s.zeroshot_weights.shape[1]
+    lam, _ = search_lambda_cv(s.features, s.labels, num_classes, config.probe_folds, config.probe)
+    p = config.probe
+    classifier = fit_logistic_regression(
+        s.features, s.labels, lam, num_classes, p.max_iter, p.tolerance_grad, dtype=p.dtype
+    )
+    return classifier.logits, {"lambda": lam}
+
+
+def fit_anchored(s: Support, config: FewShotConfig) -> Fitted:
+    probe = fit_anchored_probe(s.features, s.labels, s.zeroshot_weights, s.logit_scale, config.anchored)
+    return probe.logits, {"lambda": probe.penalty if math.isfinite(probe.penalty) else "inf (zero-shot)"}
+
+
+def fit_tip(s: Support, config: FewShotConfig) -> Fitted:
+    adapter = fit_tip_adapter(s.features, s.labels, s.zeroshot_weights, s.logit_scale, config.tip)
+    return adapter.logits, {"alpha": adapter.alpha, "beta": adapter.beta}
+
+
+def fit_tip_f(s: Support, config: FewShotConfig) -> Fitted:
+    adapter = fit_tip_adapter_f(s.features, s.labels, s.zeroshot_weights, s.logit_scale, config.tip, s.seed)
+    return adapter.logits, {"alpha": adapter.alpha, "beta": adapter.beta}
+
+
+def fit_zslp(s: Support, config: FewShotConfig) -> Fitted:
+    probe = fit_zs_lp(s.features, s.labels, s.zeroshot_weights, s.logit_scale, config.prototype)
+    return probe.logits, {"steps": probe.steps}
+
+
+def fit_clap_probe(s: Support, config: FewShotConfig) -> Fitted:
+    probe = fit_clap(s.features, s.labels, s.zeroshot_weights, s.logit_scale, config.prototype)
+    return probe.logits, {"mean_multiplier": float(probe.penalty.mean())}
+
+
+METHODS: dict[str, Callable[[Support, FewShotConfig], Fitted]] = {
+    "zeroshot": fit_zeroshot,
+    "linear_probe": fit_linear_probe,
+    "anchored": fit_anchored,
+    "tip_adapter": fit_tip,
+    "tip_adapter_f": fit_tip_f,
+    "zs_lp": fit_zslp,
+    "clap": fit_clap_probe,
+}
+
+
+def check_methods(methods) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown few-shot method(s) {unknown}; valid: {', '.join(METHODS)}")
 
 
 def sample_shots(labels: Tensor, k: int, seed: int, exclude: Tensor | None = None) -> Tensor:
-    """k indices per class, chosen with `seed`, skipping `exclude`; a class with fewer gets all it has."""
+    """k indices per class, chosen with `seed`, skipping `exclude`; a class with fewer gets all it has.
+    For one seed the sets are nested: the k-shot set is the first k of every class's seeded order."""
     generator = torch.Generator().manual_seed(seed)
     labels = labels.cpu()
     allowed = torch.ones(len(labels), dtype=torch.bool)
@@ -45,28 +129,26 @@ def sample_shots(labels: Tensor, k: int, seed: int, exclude: Tensor | None = Non
     return torch.cat(picked).sort().values
 
 
-def run_method(
-    method: str,
-    support: tuple[Tensor, Tensor],
-    val: tuple[Tensor, Tensor] | None,
-    test: tuple[Tensor, Tensor],
-    zeroshot_weights: Tensor,
-    logit_scale: float,
-    config: FewShotConfig,
-) -> dict[str, float]:
-    (sx, sy), (tx, ty) = support, test
-    if method == "zeroshot":
-        logits = logit_scale * tx @ zeroshot_weights
-    elif method == "linear_probe":
-        result = linear_probe(sx, sy, tx, ty, config.probe, val=val, progress=False)
-        return {k: result[k] for k in ("acc1", "acc5", "mean_per_class_recall", "lambda")}
-    elif method == "anchored":
-        logits = fit_anchored_probe(sx, sy, zeroshot_weights, logit_scale, config.anchored).logits(tx)
-    elif method == "cache":
-        logits = cache_adapter_logits(tx, sx, sy, zeroshot_weights, logit_scale)
-    else:
-        raise ValueError(f"unknown few-shot method {method!r}; valid: {', '.join(METHODS)}")
-    return classification_metrics(logits, ty)
+def run_method(method: str, support: Support, test: tuple[Tensor, Tensor], config: FewShotConfig) -> dict:
+    """Fit `method` on the support set, score it on test: metrics + what it chose."""
+    check_methods([method])
+    logits_of, chosen = METHODS[method](support, config)
+    with torch.no_grad():
+        metrics = classification_metrics(logits_of(test[0]), test[1])
+    return {**metrics, "chosen": chosen}
+
+
+def summarise(method: str, k: int, results: list[dict]) -> dict:
+    acc = [r["acc1"] for r in results]
+    return {
+        "method": method,
+        "shots": k,
+        "acc1_mean": statistics.fmean(acc),
+        "acc1_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+        "mean_per_class_recall_mean": statistics.fmean(r["mean_per_class_recall"] for r in results),
+        "acc1_per_seed": acc,
+        "chosen_per_seed": [r["chosen"] for r in results],
+    }
 
 
 def fewshot_curve(
@@ -77,34 +159,22 @@ def fewshot_curve(
     config: FewShotConfig = FewShotConfig(),
     progress: bool = True,
 ) -> dict:
-    """Accuracy per (method, k) over seeds. train/test: (unit features (N, E), labels (N,)).
-
-    Returns {"zeroshot": metrics, "rows": [{method, shots, acc1_mean, acc1_std, acc1_per_seed, ...}]}."""
-    zeroshot_weights = zeroshot_weights.float().to(train[0].device)
-    zeroshot = run_method("zeroshot", train, None, test, zeroshot_weights, logit_scale, config)
+    """Accuracy per (method, k) over seeds. train/test: (unit features (N, E), labels (N,)); the support
+    sets are drawn from train. Returns {"zeroshot": metrics, "rows": [{method, shots, acc1_mean, acc1_std,
+    acc1_per_seed, chosen_per_seed, ...}], "seeds", "shots"}."""
+    check_methods(config.methods)
+    weights = zeroshot_weights.float().to(train[0].device)
+    x, y = train[0].float(), train[1].long()
+    zeroshot = run_method("zeroshot", Support(x, y, weights, logit_scale, 0), test, config)
     per_run: dict[tuple[str, int], list[dict]] = {}
-    jobs = [(k, seed) for k in config.shots for seed in config.seeds]
-    for k, seed in tqdm(jobs, desc="few-shot", disable=not progress):
-        support_idx = sample_shots(train[1], k, seed)
-        val_idx = sample_shots(train[1], k, seed + 10_000, exclude=support_idx)
-        support = (train[0][support_idx], train[1][support_idx])
-        val = (train[0][val_idx], train[1][val_idx])
-        for method in config.methods:
-            result = run_method(method, support, val, test, zeroshot_weights, logit_scale, config)
-            per_run.setdefault((method, k), []).append(result)
-    rows = []
-    for (method, k), results in per_run.items():
-        acc = [r["acc1"] for r in results]
-        rows.append(
-            {
-                "method": method,
-                "shots": k,
-                "acc1_mean": statistics.fmean(acc),
-                "acc1_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                "mean_per_class_recall_mean": statistics.fmean(r["mean_per_class_recall"] for r in results),
-                "acc1_per_seed": acc,
-            }
-        )
+    jobs = [(k, seed, m) for k in config.shots for seed in config.seeds for m in config.methods]
+    bar = tqdm(jobs, desc="few-shot", disable=not progress)
+    for k, seed, method in bar:
+        bar.set_postfix_str(f"k={k} seed={seed} {method}")
+        idx = sample_shots(y, k, seed)
+        support = Support(x[idx], y[idx], weights, logit_scale, seed)
+        per_run.setdefault((method, k), []).append(run_method(method, support, test, config))
+    rows = [summarise(method, k, results) for (method, k), results in per_run.items()]
     return {"zeroshot": zeroshot, "rows": rows, "seeds": list(config.seeds), "shots": list(config.shots)}
 
 
@@ -133,10 +203,28 @@ def run_fewshot(
     )
 
 
+def format_chosen(chosen: list[dict]) -> str:
+    """'lambda 1e-2, 1e-2, inf' -- one value per seed for each key a method chose."""
+    if not chosen or not chosen[0]:
+        return ""
+
+    def fmt(value: float | str) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value).split(" ")[0]
+
+    return "; ".join(f"{key} " + ", ".join(fmt(c[key]) for c in chosen) for key in chosen[0])
+
+
 def fewshot_rows(result: dict) -> list[dict]:
-    """The curve as table rows: zero-shot first (0 shots), then (method, shots, mean, std) per run."""
-    rows = [{"method": "zeroshot", "shots": 0, "acc1_mean": result["zeroshot"]["acc1"], "acc1_std": 0.0}]
-    rows += [{k: r[k] for k in ("method", "shots", "acc1_mean", "acc1_std")} for r in result["rows"]]
+    """The curve as table rows: zero-shot first (0 shots), then (method, shots, mean, std, chosen)."""
+    rows = [
+        {"method": "zeroshot", "shots": 0, "acc1_mean": result["zeroshot"]["acc1"], "acc1_std": 0.0,
+         "chosen (per seed)": ""}
+    ]  # fmt: skip
+    rows += [
+        {**{k: r[k] for k in ("method", "shots", "acc1_mean", "acc1_std")},
+         "chosen (per seed)": format_chosen(r.get("chosen_per_seed", []))}
+        for r in sorted(result["rows"], key=lambda r: (r["shots"], r["method"]))
+    ]  # fmt: skip
     return rows
 
 
@@ -144,7 +232,7 @@ def plot_fewshot(result: dict, path, title: str = "few-shot") -> None:
     """PNG: top-1 (mean ± std over seeds) per method vs shots, with the zero-shot line."""
     plt = pyplot()
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
     for method in dict.fromkeys(r["method"] for r in result["rows"]):
         rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["shots"])
         ax.errorbar(
@@ -161,7 +249,7 @@ def plot_fewshot(result: dict, path, title: str = "few-shot") -> None:
     ax.set_xlabel("labelled examples per class")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

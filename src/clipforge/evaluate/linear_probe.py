@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clipforge.evaluate.metrics import classification_metrics
+from clipforge.evaluate.support import can_cross_validate, fold_splits
 
 STEPS_PER_DECADE = 8
 LOG10_MIN, LOG10_MAX = -6, 6
@@ -117,6 +118,26 @@ def accuracy(classifier: LinearClassifier, features: Tensor, labels: Tensor) -> 
     return float((predictions == labels.cpu()).float().mean())
 
 
+def binary_search_grid(score, size: int, steps_per_decade: int) -> int:
+    """Index of the best grid point by the paper's parametric binary search: every second decade first,
+    then halve the stride around the best so far. `score(i)` is called at most once per index; ties go to
+    the larger index (the larger lambda: the simpler model)."""
+    scores: dict[int, float] = {}
+
+    def best_of(indices: list[int]) -> int:
+        for i in indices:
+            if i not in scores:
+                scores[i] = score(i)
+        return max(indices, key=lambda i: (scores[i], i))
+
+    stride = 2 * steps_per_decade
+    best = best_of(list(range(0, size, stride)))
+    while stride > 1:
+        stride //= 2
+        best = best_of([j for j in (best - stride, best, best + stride) if 0 <= j < size])
+    return best
+
+
 def search_lambda(
     train_x: Tensor,
     train_y: Tensor,
@@ -128,33 +149,54 @@ def search_lambda(
 ) -> tuple[float, dict[float, float]]:
     """Parametric binary search for the best lambda on val; returns it and every (lambda -> val accuracy)."""
     grid = lambda_grid(config)
-    stride = 2 * config.steps_per_decade  # every second decade
     scores: dict[int, float] = {}
     warm: dict[int, LinearClassifier] = {}
     bar = tqdm(desc="lambda search", disable=not progress, leave=False)
 
     def score(i: int) -> float:
-        if i not in scores:
-            nearest = min(warm, key=lambda j: abs(j - i)) if warm else None
-            clf = fit_logistic_regression(
-                train_x, train_y, grid[i], num_classes, config.max_iter, config.tolerance_grad,
-                init=warm.get(nearest), dtype=config.dtype,
-            )  # fmt: skip
-            warm[i] = clf
-            scores[i] = accuracy(clf, val_x, val_y)
-            bar.update(1)
-            bar.set_postfix(lam=f"{grid[i]:.1e}", acc=f"{scores[i]:.4f}")
+        nearest = min(warm, key=lambda j: abs(j - i)) if warm else None
+        clf = fit_logistic_regression(
+            train_x, train_y, grid[i], num_classes, config.max_iter, config.tolerance_grad,
+            init=warm.get(nearest), dtype=config.dtype,
+        )  # fmt: skip
+        warm[i] = clf
+        scores[i] = accuracy(clf, val_x, val_y)
+        bar.update(1)
+        bar.set_postfix(lam=f"{grid[i]:.1e}", acc=f"{scores[i]:.4f}")
         return scores[i]
 
-    # Ties go to the larger lambda (the simpler model).
-    def best_of(indices: list[int]) -> int:
-        return max(indices, key=lambda i: (score(i), i))
-
-    best = best_of(list(range(0, len(grid), stride)))
-    while stride > 1:
-        stride //= 2
-        best = best_of([j for j in (best - stride, best, best + stride) if 0 <= j < len(grid)])
+    best = binary_search_grid(score, len(grid), config.steps_per_decade)
     bar.close()
+    return grid[best], {grid[i]: s for i, s in sorted(scores.items())}
+
+
+def search_lambda_cv(
+    x: Tensor, y: Tensor, num_classes: int, max_folds: int = 4, config: ProbeConfig = ProbeConfig()
+) -> tuple[float, dict[float, float]]:
+    """The same search scored by cross-validation on (x, y) alone: mean held-out accuracy over the shot
+    folds of `clipforge.evaluate.support` (each fold warm-started from its nearest fit so far). For the
+    few-shot curve, where the support set is all the labelled data a method may see. With one shot per class
+    (nothing to hold out) it returns the largest lambda, whose fit ranks classes as the nearest class mean."""
+    grid = lambda_grid(config)
+    if not can_cross_validate(y):  # one shot: no fold keeps every class; the strongest lambda = class means
+        return grid[-1], {}
+    splits = list(fold_splits(y, max_folds))
+    warm: list[dict[int, LinearClassifier]] = [{} for _ in splits]
+    scores: dict[int, float] = {}
+
+    def score(i: int) -> float:
+        hits = 0
+        for (kept, held), fits in zip(splits, warm, strict=True):
+            nearest = min(fits, key=lambda j: abs(j - i)) if fits else None
+            fits[i] = fit_logistic_regression(
+                x[kept], y[kept], grid[i], num_classes, config.max_iter, config.tolerance_grad,
+                init=fits.get(nearest), dtype=config.dtype,
+            )  # fmt: skip
+            hits += int((fits[i].logits(x[held]).argmax(-1) == y[held]).sum())
+        scores[i] = hits / len(y)
+        return scores[i]
+
+    best = binary_search_grid(score, len(grid), config.steps_per_decade)
     return grid[best], {grid[i]: s for i, s in sorted(scores.items())}
 
 

@@ -17,6 +17,10 @@ class ModelSection:
     grad_checkpointing: bool = False
     lock_image: bool = False  # LiT: freeze the image tower
     lock_text: bool = False
+    patch_dropout: float = (
+        0.0  # FLIP: share of a ViT's patch tokens dropped per image in training (paper: 0.5)
+    )
+    compile: bool = False  # torch.compile the towers (parameter names and checkpoints unchanged)
     # Pretrained towers (docs/towers.md): a file/folder or a clipforge.local_weights name, loaded into a timm
     # image trunk (vision.kind=timm, e.g. "efficientnet-lite0") / an HF text encoder (text.kind=hf,
     # e.g. "all-MiniLM-L6-v2"); projections start fresh.
@@ -44,9 +48,11 @@ class DataSection:
     # synthetic: noisy colour images named by their colour | labelled: any labelled layout (WebDataset shards
     # with .cls, CIFAR pickles, ImageFolder, path/label tables), captions from `templates` | table: an
     # image-caption CSV/TSV/JSONL (path, caption[, split]), several rows per image: one caption per image per
-    # epoch | shards: image-caption WebDataset shards (.jpg + .txt) | custom: pass train_data= to fit()
-    kind: Literal["synthetic", "labelled", "table", "shards", "custom"] = "synthetic"
-    path: str | None = None  # labelled/table/shards: the file, folder, glob or shard pattern
+    # epoch | shards: image-caption WebDataset shards (.jpg + .txt), decoded once into the cache | stream: the
+    # same shards (or labelled ones, with `classes`) streamed, never held: local paths, brace patterns,
+    # `pipe:COMMAND` or http(s) URLs | custom: pass train_data= to fit()
+    kind: Literal["synthetic", "labelled", "table", "shards", "stream", "custom"] = "synthetic"
+    path: str | None = None  # labelled/table/shards/stream: the file, folder, glob or shard pattern
     split: str | None = None  # labelled: the layout's split (null: train); table: keep rows whose `split`
     # column equals it (a table with such a column needs one, e.g. train)
     templates: tuple[
@@ -60,8 +66,16 @@ class DataSection:
     augment: AugmentSection = field(default_factory=AugmentSection)
     batch_size: int = 64  # pairs per optimizer step on each rank (global batch = batch_size * world size)
     accum_steps: int = 1  # micro-batches per step; the loss still sees the whole batch (GradCache)
-    num_workers: int = 2  # processes decoding the cache on its first run
+    num_workers: int = 2  # processes decoding the cache on its first run; stream: loader workers per rank
     shuffle: bool = True
+    # stream only: samples per worker in the sliding shuffle buffer; shards drawn with replacement; samples in
+    # an epoch over all ranks (resampled: required; otherwise at most this many); class names (classes.txt, one
+    # per line, line = label) to caption .cls labels with `templates` (null: a classes.txt beside the shards,
+    # else the .txt captions)
+    shuffle_buffer: int = 1000
+    resampled: bool = False
+    samples_per_epoch: int | None = None
+    classes: str | None = None
     num_samples: int = 512  # synthetic only
     num_classes: int = 10  # synthetic only
 
@@ -87,6 +101,12 @@ class LossSection:
     gather_with_grad: bool = True  # exact gradients across ranks (False: cheaper approximation)
     max_logit_scale: float = 100.0  # exp(logit_scale) is clamped to this after every step
     dedup_text: bool = False  # encode each distinct caption of a batch once (same result; template captions)
+    # sigmoid (SigLIP): across ranks as a ring of neighbour exchanges (memory constant in world size) or by
+    # all-gathering the texts; initial temperature t' and bias b, as in the paper (null: keep the model's; the
+    # bias is the model's logit_bias when it has one, e.g. SigLIP presets, else the objective's own)
+    sigmoid_form: Literal["ring", "gather"] = "ring"
+    sigmoid_init_logit_scale: float | None = 2.302585092994046  # log 10
+    sigmoid_init_logit_bias: float | None = -10.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +151,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
+    deterministic: bool = (
+        False  # only deterministic kernels (strict on CUDA); needed for bit-exact GPU resume
+    )
+    ema_decay: float | None = None  # an EMA of the weights, evaluated and saved beside them (e.g. 0.999)
 
     def validate(self) -> TrainConfig:
         """Value checks the types cannot express; raises ConfigError naming the field."""
@@ -151,6 +174,12 @@ class TrainConfig:
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
             (self.log.every_steps >= 1, "log.every_steps must be >= 1"),
             (self.loss.max_logit_scale > 1, "loss.max_logit_scale must be > 1"),
+            (0 <= self.model.patch_dropout < 1, "model.patch_dropout must be in [0, 1)"),
+            (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1) or null"),
+            (
+                not (self.data.kind == "stream" and self.data.resampled and not self.data.samples_per_epoch),
+                "data.resampled=true needs data.samples_per_epoch (a resampled stream has no natural end)",
+            ),
             (
                 self.data.kind in ("synthetic", "custom") or self.data.path is not None,
                 f"data.path is required when data.kind={self.data.kind}",

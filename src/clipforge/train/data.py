@@ -2,7 +2,9 @@
 
 Every kind goes through the same stack of clipforge.data: a source decoded once into a (memory-mapped) uint8
 array, captions (templates for labelled images, sampled human captions for image–text tables), the seeded
-epoch sampler split over ranks, batched augmentation keyed by (seed, epoch, index) — `ArrayLoader`.
+epoch sampler split over ranks, batched augmentation keyed by (seed, epoch, index) — `ArrayLoader`. Data too
+big for that streams (`data.kind=stream`): shards split over ranks x workers, a shuffle buffer, the same
+augmentation — `ShardLoader`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from clipforge.data import (
     EpochSampler,
     LabelledArrays,
     PromptCaptioner,
+    ShardLoader,
+    StreamConfig,
     decode_size,
     load_zeroshot_eval,
     open_caption_shards,
     open_caption_table,
     open_labelled_dataset,
+    open_stream,
     synthetic_colours,
 )
 from clipforge.data.captions import Captioner
+from clipforge.data.labelled import read_classes
 from clipforge.tokenizer import tokenizer_for
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import DistInfo
@@ -69,9 +75,11 @@ def open_source(config: TrainConfig, model: nn.Module, progress: bool) -> tuple[
     return arrays, PromptCaptioner(arrays.classes, templates, config.seed, context_length, tokenizer)
 
 
-def build_train_data(config: TrainConfig, model: nn.Module, info: DistInfo) -> ArrayLoader:
+def build_train_data(config: TrainConfig, model: nn.Module, info: DistInfo) -> ArrayLoader | ShardLoader:
     """This rank's loader for `config.data`: whole batches only, the same count on every rank."""
     data = config.data
+    if data.kind == "stream":
+        return build_stream(config, model, info)
     arrays, captioner = open_source(config, model, info.is_main and config.log.progress)
     sampler = EpochSampler(
         len(arrays), config.seed, data.shuffle, info.rank, info.world_size, data.batch_size, drop_last=True
@@ -82,6 +90,22 @@ def build_train_data(config: TrainConfig, model: nn.Module, info: DistInfo) -> A
             f"{data.batch_size} on each of {info.world_size} rank(s); lower data.batch_size"
         )
     return ArrayLoader(arrays, captioner, sampler, augment_config(config, model))
+
+
+def build_stream(config: TrainConfig, model: nn.Module, info: DistInfo) -> ShardLoader:
+    """`data.kind=stream`: WebDataset shards read as a stream by `data.num_workers` workers per rank, nothing
+    held but each worker's shuffle buffer; images decoded at `data.decode_size` (null: the model's size)."""
+    data = config.data
+    stream = StreamConfig(
+        batch_size=data.batch_size, image_size=data.decode_size or model.config.vision.image_size,
+        seed=config.seed, shuffle_shards=data.shuffle, shuffle_buffer=data.shuffle_buffer if data.shuffle else 0,
+        resampled=data.resampled, samples_per_epoch=data.samples_per_epoch, augment=augment_config(config, model),
+    )  # fmt: skip
+    classes = read_classes(data.classes) if data.classes else None
+    return open_stream(
+        data.path, stream, info.rank, info.world_size, data.num_workers, classes, tuple(data.templates),
+        model.context_length, pin_memory=info.device.type == "cuda", tokenizer=tokenizer_for(model),
+    )  # fmt: skip
 
 
 def build_zeroshot_eval(config: TrainConfig, model: nn.Module) -> ZeroShotEval | None:

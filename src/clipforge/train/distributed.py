@@ -1,7 +1,7 @@
-"""torch.distributed plumbing: init from torchrun's environment, gather-with-grad, gradient averaging.
+"""torch.distributed plumbing: init from torchrun's environment, gather-with-grad, broadcasts and means.
 
-Gradients are averaged by one flattened all-reduce after backward (no DDP wrapper), which keeps the exact
-big-batch gradient with GradCache-style accumulation, where DDP's per-backward hooks would fire k + 1 times.
+Gradients are averaged by train/reducer.py (bucketed, overlapped with the step's last backward, no DDP
+wrapper), which keeps the exact big-batch gradient with GradCache-style accumulation.
 """
 
 from __future__ import annotations
@@ -97,25 +97,6 @@ def gather_features(features: Tensor, with_grad: bool = True) -> Tensor:
     dist.all_gather(parts, features.detach().contiguous())
     parts[rank] = features
     return torch.cat(parts)
-
-
-def average_gradients(parameters: list[nn.Parameter]) -> None:
-    """Average .grad over ranks with one flattened all-reduce (missing grads count as zeros)."""
-    _, world_size = world()
-    if world_size == 1 or not parameters:
-        return
-    grads = []
-    for param in parameters:
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-        grads.append(param.grad)
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat.div_(world_size)
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
 
 
 def broadcast_module(module: nn.Module, src: int = 0) -> None:

@@ -22,13 +22,17 @@ from clipforge.models.resnet import ModifiedResNet
 from clipforge.overrides import to_dict
 from clipforge.results import markdown_table, write_results
 from clipforge.train import distributed as D
+from clipforge.train import sigmoid as _sigmoid  # noqa: F401 (registers loss.objective=sigmoid)
 from clipforge.train.config import TrainConfig
 from clipforge.train.data import build_train_data, build_zeroshot_eval
+from clipforge.train.ema import WeightEMA
 from clipforge.train.metrics import MetricsLogger, ZeroShotEval, plot_curves
 from clipforge.train.objectives import build_objective
 from clipforge.train.optim import build_optimizer, keep_locked_in_eval, lock_towers
+from clipforge.train.reducer import GradientReducer
 from clipforge.train.schedule import LRSchedule
 from clipforge.train.seeding import global_state_restored, seed_everything
+from clipforge.train.speed import compile_towers, to_device
 from clipforge.train.state import CheckpointManager, capture_rng, load_state, restore_rng
 from clipforge.train.step import accumulate_gradients
 
@@ -36,11 +40,23 @@ Callback = Callable[[str, dict[str, Any]], None]
 
 
 def use_fast_layout(model: nn.Module, device: torch.device) -> None:
-    """On CPU, a ResNet image tower trains in channels-last (NHWC) layout: oneDNN's convolutions and BatchNorm
-    run a demo training step ~20% faster that way. Same values; checkpoints are saved contiguous."""
+    """A ResNet image tower trains in channels-last (NHWC) layout: on CPU oneDNN's convolutions and BatchNorm
+    run a demo training step ~20% faster that way, on GPUs cuDNN's tensor-core kernels want it. Same values;
+    checkpoints are saved contiguous."""
     visual = getattr(model, "visual", None)
-    if isinstance(visual, ModifiedResNet) and torch.device(device).type == "cpu":
+    if isinstance(visual, ModifiedResNet) and torch.device(device).type in ("cpu", "cuda"):
         visual.to(memory_format=torch.channels_last)
+
+
+def set_patch_dropout(model: nn.Module, patch_dropout: float) -> None:
+    """FLIP patch dropout on a ViT image tower (training mode only; eval always sees every patch)."""
+    visual = getattr(model, "visual", None)
+    if patch_dropout and not hasattr(visual, "patch_dropout"):
+        raise ValueError(
+            f"model.patch_dropout={patch_dropout} needs a ViT image tower, not {type(visual).__name__}"
+        )
+    if visual is not None and hasattr(visual, "patch_dropout"):
+        visual.patch_dropout = patch_dropout
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -110,7 +126,7 @@ class _Run:
 
     def __init__(self, config, info, model, train_data, objective, zeroshot, callbacks):
         self.config, self.info, self.callbacks = config, info, callbacks
-        seed_everything(config.seed, config.deterministic)
+        seed_everything(config.seed, config.deterministic, info.device)
         self._setup_model(model)
         data = train_data if train_data is not None else build_train_data(config, self.model, info)
         self.train_data = check_train_data(data)
@@ -143,12 +159,17 @@ class _Run:
         )  # fmt: skip
         if config.model.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        set_patch_dropout(self.model, config.model.patch_dropout)
 
     def _setup_optimization(self) -> None:
         config, optim = self.config, self.config.optim
         self.precision = resolve_precision(config.precision, self.info.device)
         self.scaler = torch.amp.GradScaler(self.info.device.type) if self.precision == "fp16" else None
         self.params = [p for p in self.objective.parameters() if p.requires_grad]
+        self.reducer = GradientReducer(self.params) if self.info.world_size > 1 else None
+        self.ema = WeightEMA(self.model, config.ema_decay) if config.ema_decay else None
+        if config.model.compile:
+            compile_towers(self.model)
         self.optimizer = build_optimizer(self.objective, optim.lr, optim.weight_decay, optim.betas, optim.eps)
         self.total_steps = config.epochs * self.train_data.batches_per_epoch
         if config.max_steps is not None:
@@ -181,6 +202,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng,
             "data": data if mid_epoch else None,  # one loader state per rank, mid-epoch only
             "step": self.step,
@@ -221,6 +243,10 @@ class _Run:
         self.schedule.load_state_dict(state["schedule"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{path}: ema_decay is set but the checkpoint holds no EMA weights")
+            self.ema.load_state_dict(state["ema"])
         if state["world_size"] != self.info.world_size and self.info.is_main:
             warnings.warn(
                 f"{path}: saved with world size {state['world_size']}, resuming with {self.info.world_size}; "
@@ -257,10 +283,15 @@ class _Run:
             if self.scaler is not None
             else torch.Tensor.backward
         )
+        reducer = self.reducer
+        if reducer is not None:
+            reducer.prepare()
         metrics = accumulate_gradients(
-            self.objective, batch, self.config.data.accum_steps, self._autocast, backward
-        )
-        D.average_gradients(self.params)
+            self.objective, batch, self.config.data.accum_steps, self._autocast, backward,
+            before_last_backward=reducer.arm if reducer is not None else (lambda: None),
+        )  # fmt: skip
+        if reducer is not None:
+            reducer.finish()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.config.optim.grad_clip_norm is not None:
@@ -275,11 +306,15 @@ class _Run:
         self.schedule.step()
         if hasattr(self.objective, "after_step"):
             self.objective.after_step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return metrics
 
     def run(self) -> dict[str, Any]:
         self.resume()
-        self.saved_step = self.step
+        # The step of the newest checkpoint, None before the first; the same on every rank (save() is collective,
+        # and only rank 0 knows last_checkpoint's path: deciding on it made rank 1 save alone at the end).
+        self.saved_step = self.step if self.last_checkpoint is not None else None
         start_step, start_time = self.step, time.perf_counter()
         self.model.train()
         keep_locked_in_eval(self.model, self.config.model.lock_image, self.config.model.lock_text)
@@ -300,7 +335,7 @@ class _Run:
         wall_time_s = time.perf_counter() - start_time
         if self.zeroshot is not None and (not self.evals or self.evals[-1]["step"] != self.step):
             self.evaluate()
-        if self.saved_step != self.step or self.last_checkpoint is None:
+        if self.saved_step != self.step:
             self.save()
         return self.finish(wall_time_s, self.step - start_step)
 
@@ -315,7 +350,7 @@ class _Run:
             if batch is None:  # the data ran out before batches_per_epoch: count the epoch as done
                 self._data_ran_out()
                 return
-            batch = {k: v.to(self.info.device, non_blocking=True) for k, v in batch.items()}
+            batch = to_device(batch, self.info.device)
             window.data_wait_s += time.perf_counter() - wait_start
             metrics = self.train_step(batch)
             size = len(batch["index"])
@@ -362,7 +397,8 @@ class _Run:
 
     def evaluate(self) -> bool:
         """Zero-shot accuracy on rank 0 (others wait); True when the best metric improved."""
-        result = self.zeroshot(self.model) if self.info.is_main else {}
+        evaluated = self.ema.model if self.ema is not None else self.model  # the EMA, when there is one
+        result = self.zeroshot(evaluated) if self.info.is_main else {}
         keep_locked_in_eval(self.model, self.config.model.lock_image, self.config.model.lock_text)
         result = D.gather_objects(result)[0]
         self.evals.append({"step": self.step, "images_seen": self.images_seen, **result})

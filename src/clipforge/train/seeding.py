@@ -8,6 +8,7 @@ leaves no trace on the caller's process.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 
@@ -17,12 +18,19 @@ import torch
 from clipforge.train.state import capture_rng, restore_rng
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, device: torch.device | str = "cpu") -> None:
+    """Seeds every generator. `deterministic`: only deterministic kernels. On CUDA that is strict (an op
+    without a deterministic kernel is an error, not a warning: bit-exact resume depends on it) and cuBLAS gets
+    the fixed workspace it needs (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts: set it yourself if CUDA
+    ran in this process before fit)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        on_cuda = torch.device(device).type == "cuda"
+        if on_cuda:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=not on_cuda)
         torch.backends.cudnn.benchmark = False
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipforge.train.distributed import gather_features, world
-from clipforge.train.objectives import ContrastiveObjective
+from clipforge.train.objectives import ContrastiveObjective, register_objective
 from clipforge.train.ring import ring_sigmoid_loss
 
 SigmoidForm = Literal["gather", "ring"]
@@ -76,9 +76,10 @@ def _gathered_loss(image_features: Tensor, text_features: Tensor, scale: Tensor,
 class SigmoidObjective(ContrastiveObjective):
     """SigLIP pretraining: the softmax objective's towers, step hook and embedding cache with the sigmoid loss.
 
-    The temperature is the model's `logit_scale` (re-initialised to `init_logit_scale` unless that is None);
-    the bias is this objective's own parameter `logit_bias`, saved with the objective's state in training
-    checkpoints."""
+    The temperature is the model's `logit_scale` (re-initialised to `init_logit_scale` unless that is None).
+    The bias is the model's `logit_bias` when it has one (SigLIP presets: saved with the model; re-initialised
+    to `init_logit_bias` unless that is None), else this objective's own parameter `logit_bias` (init
+    `init_logit_bias`, None: -10), saved with the objective's state in training checkpoints."""
 
     def __init__(
         self,
@@ -86,7 +87,7 @@ class SigmoidObjective(ContrastiveObjective):
         *,
         form: SigmoidForm = "ring",
         init_logit_scale: float | None = INIT_LOGIT_SCALE,
-        init_logit_bias: float = INIT_LOGIT_BIAS,
+        init_logit_bias: float | None = INIT_LOGIT_BIAS,
         max_logit_scale: float = 100.0,
     ):
         super().__init__(model, max_logit_scale=max_logit_scale)
@@ -96,10 +97,32 @@ class SigmoidObjective(ContrastiveObjective):
         if init_logit_scale is not None:
             with torch.no_grad():
                 model.logit_scale.fill_(init_logit_scale)
-        device = model.logit_scale.device
-        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias), device=device))
+        self.logit_bias: nn.Parameter | None = None  # None: the model's own
+        if getattr(model, "logit_bias", None) is None:
+            init = INIT_LOGIT_BIAS if init_logit_bias is None else float(init_logit_bias)
+            self.logit_bias = nn.Parameter(torch.tensor(init, device=model.logit_scale.device))
+        elif init_logit_bias is not None:
+            with torch.no_grad():
+                model.logit_bias.fill_(init_logit_bias)
+
+    def bias(self) -> Tensor:
+        """() the learned bias b: the model's `logit_bias` if it has one, else the objective's."""
+        return self.model.logit_bias if self.logit_bias is None else self.logit_bias
 
     def loss_from_embeddings(self, image_features: Tensor, text_features: Tensor) -> dict[str, Tensor]:
-        logit_scale = self.model.logit_scale.exp()
-        loss = sigmoid_loss(image_features, text_features, logit_scale, self.logit_bias, form=self.form)
-        return {"loss": loss, "logit_scale": logit_scale.detach(), "logit_bias": self.logit_bias.detach()}
+        logit_scale, bias = self.model.logit_scale.exp(), self.bias()
+        loss = sigmoid_loss(image_features, text_features, logit_scale, bias, form=self.form)
+        return {"loss": loss, "logit_scale": logit_scale.detach(), "logit_bias": bias.detach()}
+
+
+def _sigmoid(model: nn.Module, train_data, loss) -> nn.Module:
+    return SigmoidObjective(
+        model,
+        form=loss.sigmoid_form,
+        init_logit_scale=loss.sigmoid_init_logit_scale,
+        init_logit_bias=loss.sigmoid_init_logit_bias,
+        max_logit_scale=loss.max_logit_scale,
+    )
+
+
+register_objective("sigmoid", _sigmoid)

@@ -31,30 +31,36 @@ def accumulate_gradients(
     accum_steps: int = 1,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     backward: Backward = torch.Tensor.backward,
+    before_last_backward: Callable[[], None] = lambda: None,
 ) -> dict[str, Tensor]:
     """Adds the gradient of the objective's mean loss over `batch` to .grad; returns detached metrics.
 
-    `backward(loss)` lets the caller scale the loss (fp16 GradScaler). Objectives without `embed` (per-sample
-    losses) are accumulated as the mean of the micro-batch losses."""
+    `backward(loss)` lets the caller scale the loss (fp16 GradScaler). `before_last_backward()` runs just
+    before the step's last backward pass (a gradient reducer arms its hooks there, so its all-reduce overlaps
+    that pass). Objectives without `embed` (per-sample losses) are accumulated as the mean of the micro-batch
+    losses."""
     if accum_steps == 1:
         with autocast():
             out = objective.loss(batch)
+        before_last_backward()
         backward(out["loss"])
         return {k: v.detach() for k, v in out.items()}
     micro_batches = split_batch(batch, accum_steps)
     if not hasattr(objective, "embed"):
         totals: dict[str, Tensor] = {}
-        for micro in micro_batches:
+        for i, micro in enumerate(micro_batches):
             with autocast():
                 out = objective.loss(micro)
+            if i == len(micro_batches) - 1:
+                before_last_backward()
             backward(out["loss"] / accum_steps)
             for k, v in out.items():
                 totals[k] = totals.get(k, 0) + v.detach() / accum_steps
         return totals
-    return _grad_cache(objective, micro_batches, autocast, backward)
+    return _grad_cache(objective, micro_batches, autocast, backward, before_last_backward)
 
 
-def _grad_cache(objective, micro_batches, autocast, backward) -> dict[str, Tensor]:
+def _grad_cache(objective, micro_batches, autocast, backward, before_last_backward) -> dict[str, Tensor]:
     # The no-grad pass must not count twice: keep buffers (BatchNorm running stats) as they were, and replay
     # each micro-batch's RNG state in the recompute (dropout masks match).
     buffers = [b.detach().clone() for b in objective.buffers()]
@@ -81,6 +87,8 @@ def _grad_cache(objective, micro_batches, autocast, backward) -> dict[str, Tenso
         _set_rng_state(rng_states[i])
         with autocast():
             embeddings = objective.embed(micro)
+        if i == len(micro_batches) - 1:
+            before_last_backward()
         torch.autograd.backward(embeddings, [g[i] for g in grads])
     _set_rng_state(rng_after)
     return {k: v.detach() for k, v in out.items()}
