@@ -167,3 +167,38 @@ def test_caption_demo_smoke_end_to_end(shared_data, tmp_path, capsys):
     model, _ = clipforge.load(saved["checkpoint"], device="cpu")
     assert model.config.text.kind == "hf" and model.config.vision.kind == "timm"
     assert int(clipforge.get_tokenizer(model)(["a dog ."])[0, 0]) == 101
+
+
+def test_locked_tower_paths_equal_plain_pytorch():
+    """Length-sorted caption caching and the onnxruntime eval path give the towers' own outputs, row by row."""
+    from clipforge.data.augment import eval_batch
+    from clipforge.recipes.frozen import text_feature_cache
+    from clipforge.recipes.unseen import encode_arrays
+    from clipforge.train.optim import lock_towers
+
+    torch.manual_seed(0)
+    model = CLIP(tiny_tower_config()).eval()
+    lock_towers(model, True, True)
+    tokens = torch.zeros(7, 9, dtype=torch.long)
+    for row, length in enumerate([9, 3, 6, 2, 9, 4, 5]):  # ragged: batches of 3 mix lengths unless sorted
+        tokens[row, :length] = torch.randint(1000, 2000, (length,))
+    cached = text_feature_cache(model, tokens, batch_size=3, progress=False)
+    with torch.no_grad():
+        one_by_one = torch.cat([model.text.features(tokens[i : i + 1]) for i in range(7)])
+    torch.testing.assert_close(cached.float(), one_by_one, atol=2e-3, rtol=2e-3)
+    images = torch.randint(0, 255, (5, 40, 40, 3), dtype=torch.uint8)
+    pre = model.config.preprocess
+    with torch.no_grad():
+        expected = model.encode_image(eval_batch(images, pre.image_size, pre.mean, pre.std), normalize=True)
+    torch.testing.assert_close(encode_arrays(model, images), expected, atol=5e-3, rtol=5e-3)
+
+
+def test_first_captions_keeps_images_and_caption_order():
+    from clipforge.recipes.flickr import CaptionedImages
+
+    data = CaptionedImages(torch.zeros(2, 4, 4, 3, dtype=torch.uint8), [["a", "b", "c"], ["d"]])
+    fewer = data.first_captions(2)
+    assert fewer.captions == [["a", "b"], ["d"]] and fewer.flat_captions == ["a", "b", "d"]
+    assert fewer.caption_image.tolist() == [0, 0, 1] and fewer.images is data.images
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        data.first_captions(0)

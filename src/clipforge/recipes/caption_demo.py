@@ -24,7 +24,9 @@ DEFAULT_RECIPE = "pretrained"
 class CaptionDemoConfig:
     recipe: str = DEFAULT_RECIPE  # a name of recipes.language.RECIPES: scratch, lit, pretrained
     minutes: float | None = 15.0  # whole-run wall-clock budget
-    max_images: int | None = 2000  # per unseen test split (seeded, class-stratified subset); null: all
+    max_images: int | None = 500  # per unseen test split (seeded, class-stratified subset); null: all
+    captions_per_image: int | None = 2  # Flickr8k captions per train image encoded and trained on (of 5)
+    holdout_images: int | None = 100  # Flickr8k train images held out (reported only); None: the recipe's
     train_limit: int | None = None  # use only N Flickr8k train images (smoke runs)
     epochs: float | None = None  # override the recipe's epochs
     image_size: int | None = None  # override the resolution fed to the image tower
@@ -55,11 +57,13 @@ def language_recipe(config: CaptionDemoConfig) -> LanguageRecipe:
     changes: dict[str, Any] = dict(
         minutes=config.minutes, output_dir=config.output_dir, seed=config.seed, progress=config.progress
     )
-    for key in ("epochs", "image_size"):
+    for key in ("epochs", "image_size", "captions_per_image", "holdout_images"):
         if getattr(config, key) is not None:
             changes[key] = getattr(config, key)
     if config.train_limit is not None:
-        changes["holdout_images"] = min(recipe.holdout_images, max(1, config.train_limit // 5))
+        changes["holdout_images"] = min(
+            changes.get("holdout_images", recipe.holdout_images), max(1, config.train_limit // 5)
+        )
         changes["batch_size"] = min(recipe.batch_size, 128)
     return replace(recipe, **changes)
 

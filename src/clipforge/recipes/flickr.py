@@ -38,6 +38,12 @@ class CaptionedImages:
     def subset(self, index: Tensor) -> CaptionedImages:
         return CaptionedImages(self.images[index], [self.captions[i] for i in index.tolist()])
 
+    def first_captions(self, count: int) -> CaptionedImages:
+        """The same images with only their first `count` captions (fewer captions to encode)."""
+        if count < 1:
+            raise ValueError(f"first_captions(count={count}): count must be >= 1")
+        return CaptionedImages(self.images, [per_image[:count] for per_image in self.captions])
+
     def __len__(self) -> int:
         return len(self.captions)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -79,8 +80,32 @@ def trunk_runner(model, image_size: int, engine: str = "auto") -> Callable[[Tens
     if engine == "onnxruntime":
         if trunk is None:
             raise ValueError("engine='onnxruntime' runs a timm trunk (vision.kind='timm')")
-        return OnnxTrunk(trunk, image_size)
+        return _locked_onnx_trunk(trunk, image_size)
     return lambda batch: model.visual.features(batch.contiguous(memory_format=torch.channels_last))
+
+
+_EXPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # locked trunk -> {image size: OnnxTrunk}
+
+
+def _locked_onnx_trunk(trunk: nn.Module, image_size: int) -> OnnxTrunk:
+    """An OnnxTrunk of `trunk`, exported once per (trunk, size) while every trunk weight is frozen (a trunk
+    that trains is exported afresh on each call: its weights may have changed)."""
+    if any(p.requires_grad for p in trunk.parameters()):
+        return OnnxTrunk(trunk, image_size)
+    per_size = _EXPORTED.setdefault(trunk, {})
+    if image_size not in per_size:
+        per_size[image_size] = OnnxTrunk(trunk, image_size)
+    return per_size[image_size]
+
+
+def onnx_trunk_available(model) -> bool:
+    """Whether `trunk_runner(model, size, "auto")` would run onnxruntime on a locked timm trunk."""
+    trunk = getattr(model.visual, "trunk", None)
+    return (
+        trunk is not None
+        and not any(p.requires_grad for p in trunk.parameters())
+        and importlib.util.find_spec("onnxruntime") is not None
+    )
 
 
 @torch.no_grad()
@@ -129,10 +154,16 @@ def gray_to_rgb(images: Tensor) -> Tensor:
 def text_feature_cache(model, tokens: Tensor, batch_size: int = 256, progress=True) -> Tensor:
     """(M, W) float16 pooled features of a locked text encoder (before its projection)."""
     model.text.eval()
-    out = []
+    pad = getattr(model.text, "pad_token_id", 0)
+    order = (tokens != pad).sum(1).argsort()  # length-sorted batches: less padding (masked, so exact)
+    out: Tensor | None = None
     for start in tqdm(range(0, len(tokens), batch_size), desc="cache text features", disable=not progress):
-        out.append(model.text.features(tokens[start : start + batch_size]).half())
-    return torch.cat(out)
+        rows = order[start : start + batch_size]
+        features = model.text.features(tokens[rows]).half()  # (b, W)
+        if out is None:
+            out = torch.empty(len(tokens), features.shape[1], dtype=torch.float16)
+        out[rows] = features
+    return out if out is not None else torch.empty(0, 0, dtype=torch.float16)
 
 
 class CachedPairs(SamplerPosition):
