@@ -28,8 +28,9 @@ browser:
 test: $(STAMP) browser
 	$(VPY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" -q
 
+# full-size parity tests share the xdist group "full_size": one worker runs them one after another (memory)
 test-slow: $(STAMP)
-	$(VPY) -m pytest -n $(PYTEST_WORKERS) -m slow -q --durations=15
+	$(VPY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m slow -q --durations=15
 
 test-all: $(STAMP) browser
 	$(VPY) -m pytest -n $(PYTEST_WORKERS) -q

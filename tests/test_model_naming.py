@@ -149,6 +149,7 @@ def test_a_tags_activation_wins_over_the_name_with_a_warning(monkeypatch, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("full_size")
 def test_vit_h_variants_full_size_match_open_clip(tmp_path):
     """Every ViT-H variant at full size (~1e9 parameters each, run one after another to bound memory)."""
     for name in ("ViT-H-14", "ViT-H-14-quickgelu", "ViT-H-14-378", "ViT-H-14-378-quickgelu"):

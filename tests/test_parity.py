@@ -32,7 +32,7 @@ NAMES = [v for name in OPENAI_ARCHS for v in (name, f"{name}-quickgelu") if v in
 
 
 def _marks(name: str) -> list:
-    return [] if name in FAST else [pytest.mark.slow]
+    return [] if name in FAST else [pytest.mark.slow, pytest.mark.xdist_group("full_size")]
 
 
 PARAMS = [pytest.param(name, marks=_marks(name), id=name) for name in NAMES]
