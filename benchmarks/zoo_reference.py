@@ -1,7 +1,8 @@
 """open_clip reference models for the zoo checks: any open_clip config name, random weights, optionally shallow.
 
 Shallow = real widths, head widths, image sizes and options, one block per tower (ResNet: per stage) and a
-1000-token vocabulary: what the fast suite checks for every preset in seconds. Towers open_clip takes from timm
+1000-token vocabulary for towers with their own tokenizer (CLIP's BPE towers keep their 49,408 rows, the least
+clipforge accepts for them): what the fast suite checks for every preset in seconds. Towers open_clip takes from timm
 are made shallow through timm's own `depth` argument. Used by tests/test_zoo_presets.py, tests/test_model_naming.py
 and benchmarks/zoo_coverage.py; needs open_clip (and timm for its timm towers).
 """
@@ -31,7 +32,8 @@ def open_clip_config(name: str, shallow: bool) -> dict:
         vision, text = cfg["vision_cfg"], cfg["text_cfg"]
         vision["layers"] = [1, 1, 1, 1] if isinstance(vision.get("layers"), list) else 1
         text["layers"] = 1
-        text["vocab_size"] = SHALLOW_VOCAB
+        if text.get("hf_tokenizer_name"):  # CLIP's BPE towers keep 49,408 rows: a smaller table is refused
+            text["vocab_size"] = SHALLOW_VOCAB
     return cfg
 
 
@@ -76,7 +78,11 @@ def clipforge_config(name: str, shallow: bool) -> CLIPConfig:
     return dataclasses.replace(
         config,
         vision=dataclasses.replace(config.vision, layers=layers),
-        text=dataclasses.replace(config.text, layers=1, vocab_size=SHALLOW_VOCAB),
+        text=dataclasses.replace(
+            config.text,
+            layers=1,
+            vocab_size=SHALLOW_VOCAB if config.text.hf_tokenizer_name else config.text.vocab_size,
+        ),
     )
 
 
