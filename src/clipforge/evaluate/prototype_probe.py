@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipforge.evaluate.support import best_by_accuracy, can_cross_validate, cross_validate, score_table
+from clipforge.evaluate.support import (
+    best_by_accuracy,
+    can_cross_validate,
+    cross_validate,
+    score_table,
+    support_tensors,
+)
 
 
 @dataclass(frozen=True)
@@ -111,8 +117,7 @@ def fit_zs_lp(
     config: PrototypeProbeConfig = PrototypeProbeConfig(),
 ) -> PrototypeProbe:
     """ZS-LP: the zero-shot-initialised cosine probe, early-stopped at a cross-validated step count."""
-    x, y = support_features.float(), support_labels.long().to(support_features.device)
-    w0 = zeroshot_weights.float().to(x.device)
+    x, y, w0 = support_tensors(support_features, support_labels, zeroshot_weights)
     steps, cv = choose_steps(x, y, w0, logit_scale, config)
     (weight,) = train_prototypes(x, y, w0, logit_scale, config.lr, [steps])
     return PrototypeProbe(weight, float(logit_scale), steps, cv=cv)
@@ -126,8 +131,7 @@ def fit_clap(
     config: PrototypeProbeConfig = PrototypeProbeConfig(),
 ) -> PrototypeProbe:
     """CLAP: the zero-shot-initialised cosine probe with the class-adaptive penalty toward W0."""
-    x, y = support_features.float(), support_labels.long().to(support_features.device)
-    w0 = zeroshot_weights.float().to(x.device)
+    x, y, w0 = support_tensors(support_features, support_labels, zeroshot_weights)
     penalty = clap_multipliers(x, y, w0, logit_scale)
     (weight,) = train_prototypes(x, y, w0, logit_scale, config.lr, [config.default_steps], penalty)
     return PrototypeProbe(weight, float(logit_scale), config.default_steps, penalty=penalty)

@@ -18,6 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def support_tensors(
+    features: Tensor, labels: Tensor, zeroshot_weights: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(x (N, E) float, y (N,) long, W0 (E, C) float), all on the features' device: what every method fits on."""
+    x = features.float()
+    return x, labels.long().to(x.device), zeroshot_weights.float().to(x.device)
+
+
 def shots_per_class(labels: Tensor) -> Tensor:
     """(C_present,) how many support examples each present class has."""
     return torch.bincount(labels.long().cpu())[labels.long().cpu().unique()]

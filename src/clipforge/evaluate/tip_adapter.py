@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipforge.evaluate.support import best_by_accuracy, can_cross_validate, cross_validate, score_table
+from clipforge.evaluate.support import (
+    best_by_accuracy,
+    can_cross_validate,
+    cross_validate,
+    score_table,
+    support_tensors,
+)
 
 PAPER_ALPHA, PAPER_BETA = 1.0, 5.5
 
@@ -126,8 +132,7 @@ def fit_tip_adapter(
     config: TipConfig = TipConfig(),
 ) -> TipAdapter:
     """Training-free Tip-Adapter with alpha, beta cross-validated on the support set."""
-    x, y = support_features.float(), support_labels.long().to(support_features.device)
-    w0 = zeroshot_weights.float().to(x.device)
+    x, y, w0 = support_tensors(support_features, support_labels, zeroshot_weights)
     alpha, beta, cv = choose_alpha_beta(x, y, w0, logit_scale, config)
     return TipAdapter(w0, x.clone(), cache_values(y, w0.shape[1]), float(logit_scale), alpha, beta, cv)
 
@@ -167,7 +172,7 @@ def fit_tip_adapter_f(
     adapter = fit_tip_adapter(support_features, support_labels, zeroshot_weights, logit_scale, config)
     if adapter.alpha == 0:  # the cache is switched off: nothing to fine-tune
         return adapter
-    x, y = support_features.float(), support_labels.long().to(support_features.device)
+    x, y, _ = support_tensors(support_features, support_labels, zeroshot_weights)
     with torch.enable_grad():
         adapter.keys = finetune_keys(adapter, x, y, config, seed)
     return adapter
