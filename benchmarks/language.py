@@ -99,7 +99,7 @@ def plot(results: dict[str, dict], path: Path) -> Path:
     return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
-def summary(results: dict[str, dict], args) -> str:
+def summary(results: dict[str, dict], args, commands: dict[str, str]) -> str:
     return (
         "# Learning from real captions (Flickr8k), zero-shot on unseen label sets\n\n"
         f"Command: `{COMMAND} {' '.join(sys.argv[1:])}`. Budget {args.minutes:g} min per recipe on the "
@@ -107,7 +107,8 @@ def summary(results: dict[str, dict], args) -> str:
         + (f"; only {args.train_limit} Flickr8k train images (a reduced run)" if args.train_limit else "")
         + ".\n\n"
         + markdown_table(table_rows(results))
-        + "\nReading: docs/language.md.\n"
+        + "".join(f"\n- `{name}` measured by `{command}`" for name, command in commands.items())
+        + "\n\nReading: docs/language.md.\n"
     )
 
 
@@ -162,13 +163,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/language")
     parser.add_argument("--name", default="language", help="results file stem under benchmarks/results")
     parser.add_argument(
+        "--reuse", action="append", default=[],
+        help="an earlier results JSON: its recipes (and their commands) join this table without re-running",
+    )  # fmt: skip
+    parser.add_argument(
         "--check-normalisation", action="store_true", help="EfficientNet-Lite0 mean/std check only"
     )
     args = parser.parse_args(argv)
     if args.check_normalisation:
         return check_normalisation()
-    results = {}
-    for name in args.recipes.split(","):
+    results, commands = {}, {}
+    for path in args.reuse:
+        earlier = json.loads(Path(path).read_text())
+        for name, result in earlier["results"].items():
+            results[name], commands[name] = result, earlier["command"]
+    for name in filter(None, args.recipes.split(",")):
+        commands[name] = f"{COMMAND} {' '.join(argv or sys.argv[1:])}"
         results[name] = run_isolated(name, args)
         print(
             json.dumps({name: {k: results[name][k] for k in ("zeroshot", "retrieval", "images_seen")}}),
@@ -176,10 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
         )
     payload = {
         "command": f"{COMMAND} {' '.join(argv or sys.argv[1:])}",
+        "commands": commands,  # per recipe: the command that measured it
         "machine": machine_info(2),
         "results": results,
     }
-    files = write_results(RESULTS, args.name, payload, summary(results, args))
+    files = write_results(RESULTS, args.name, payload, summary(results, args, commands))
     files["png"] = str(plot(results, RESULTS / f"{args.name}.png"))
     print(files)
     return payload

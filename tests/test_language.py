@@ -202,3 +202,55 @@ def test_first_captions_keeps_images_and_caption_order():
     assert fewer.caption_image.tolist() == [0, 0, 1] and fewer.images is data.images
     with pytest.raises(ValueError, match="count must be >= 1"):
         data.first_captions(0)
+
+
+class _SteppingClock:
+    """A budget clock that advances `step_s` seconds every time it is read (a slow machine, deterministically)."""
+
+    kind = "wall"
+
+    def __init__(self, step_s: float):
+        self.step_s, self.t = step_s, 0.0
+
+    def spent(self) -> float:
+        self.t += self.step_s
+        return self.t
+
+    now = spent
+
+
+def test_cached_views_stop_where_the_budget_ends_and_keep_a_prefix():
+    from clipforge.recipes.language import LanguageRecipe, cached_views
+    from clipforge.train.optim import lock_towers
+
+    torch.manual_seed(0)
+    model = CLIP(tiny_tower_config()).eval()
+    lock_towers(model, True, True)
+    images = torch.randint(0, 255, (6, 40, 40, 3), dtype=torch.uint8)
+    augment = view_config(model)
+    recipe = LanguageRecipe(image_views=4, minutes=None, progress=False, seed=3)
+    everything = image_feature_cache(model, images, 4, augment, seed=3, progress=False)
+    unbounded = cached_views(model, images, recipe, augment, _SteppingClock(100.0), eval_images=0)
+    assert torch.equal(unbounded, everything)  # no budget: all four views, the same keys as one call
+    # 33 s budget, 0.8 of it = 26.4 s; view 0 costs 5 s and the clock then reads 15 s: 11.4 s = 2 more views
+    tight = dataclasses.replace(recipe, minutes=0.55)
+    with pytest.warns(UserWarning, match="caching 2 of 3 extra image views"):
+        shortened = cached_views(model, images, tight, augment, _SteppingClock(5.0), eval_images=0)
+    assert shortened.shape[1] == 3 and torch.equal(shortened, everything[:, :3])
+    with pytest.warns(UserWarning, match="caching 0 of 3"):  # the evaluation's reserve leaves no room
+        only_first = cached_views(model, images, tight, augment, _SteppingClock(5.0), eval_images=60)
+    assert torch.equal(only_first, everything[:, :1])
+
+
+def test_pretrained_recipe_keeps_minilms_own_space():
+    """Recipe (c) has no text projection: a caption's embedding is MiniLM's pooled sentence embedding, so
+    words Flickr8k never shows keep MiniLM's meaning; only the image side learns a map (1280 -> 384)."""
+    from clipforge.recipes.language import RECIPES
+
+    config = get_config(RECIPES["pretrained"].model)
+    assert config.embed_dim == config.text.width == 384 and config.vision.image_size == 224
+    model = CLIP(config).eval()
+    assert [n for n, _ in model.named_parameters() if "proj" in n] == ["visual.head.proj.weight"]
+    features = torch.randn(3, 384)
+    assert torch.equal(model.text.project(features), features)
+    assert RECIPES["pretrained"].image_views == 3 and RECIPES["pretrained"].captions_per_image is None

@@ -52,6 +52,9 @@ def lite0(image_size: int, embed_dim: int, text: Spec) -> Spec:
 TOWER_SPECS: dict[str, Spec] = {
     # (c) both towers pretrained: EfficientNet-Lite0 (ImageNet-1k) + MiniLM-L6 (sentence-transformers)
     "lite0-minilm": lite0(128, 256, MINILM_TEXT),
+    # (c) in MiniLM's own space: no text projection (embed_dim = MiniLM's 384), only the image side maps into it,
+    # so words Flickr8k never shows ("tulip") keep the meaning MiniLM learned (docs/language.md)
+    "lite0-minilm-space": lite0(224, 384, {**MINILM_TEXT, "hf_proj_type": "none"}),
     # (b) LiT: pretrained EfficientNet-Lite0 + a 4-layer text transformer from scratch
     "lite0-scratch-text": lite0(128, 256, SCRATCH_TEXT),
     # (a) the paper's method from scratch at Flickr8k's 64-128 px: ModifiedResNet + text transformer

@@ -25,7 +25,9 @@ class CaptionDemoConfig:
     recipe: str = DEFAULT_RECIPE  # a name of recipes.language.RECIPES: scratch, lit, pretrained
     minutes: float | None = 15.0  # whole-run wall-clock budget
     max_images: int | None = 500  # per unseen test split (seeded, class-stratified subset); null: all
-    captions_per_image: int | None = 2  # Flickr8k captions per train image encoded and trained on (of 5)
+    captions_per_image: int | None = (
+        None  # Flickr8k captions per train image encoded and trained on (None: 5)
+    )
     holdout_images: int | None = 100  # Flickr8k train images held out (reported only); None: the recipe's
     train_limit: int | None = None  # use only N Flickr8k train images (smoke runs)
     epochs: float | None = None  # override the recipe's epochs

@@ -74,7 +74,7 @@ def trunk_runner(model, image_size: int, engine: str = "auto") -> Callable[[Tens
     "torch" (eager, channels-last), or "auto" (onnxruntime when installed and the tower is a timm trunk)."""
     if engine not in ("auto", "onnxruntime", "torch"):
         raise ValueError(f"engine={engine!r}; valid: auto, onnxruntime, torch")
-    trunk = getattr(model.visual, "trunk", None)
+    trunk = timm_trunk(model)
     if engine == "auto":
         engine = "onnxruntime" if trunk is not None and importlib.util.find_spec("onnxruntime") else "torch"
     if engine == "onnxruntime":
@@ -82,6 +82,12 @@ def trunk_runner(model, image_size: int, engine: str = "auto") -> Callable[[Tens
             raise ValueError("engine='onnxruntime' runs a timm trunk (vision.kind='timm')")
         return _locked_onnx_trunk(trunk, image_size)
     return lambda batch: model.visual.features(batch.contiguous(memory_format=torch.channels_last))
+
+
+def timm_trunk(model) -> nn.Module | None:
+    """The image tower's timm trunk module, or None (clipforge's own towers: ModifiedResNet's `trunk` is a method)."""
+    trunk = getattr(model.visual, "trunk", None)
+    return trunk if isinstance(trunk, nn.Module) else None
 
 
 _EXPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # locked trunk -> {image size: OnnxTrunk}
@@ -100,7 +106,7 @@ def _locked_onnx_trunk(trunk: nn.Module, image_size: int) -> OnnxTrunk:
 
 def onnx_trunk_available(model) -> bool:
     """Whether `trunk_runner(model, size, "auto")` would run onnxruntime on a locked timm trunk."""
-    trunk = getattr(model.visual, "trunk", None)
+    trunk = timm_trunk(model)
     return (
         trunk is not None
         and not any(p.requires_grad for p in trunk.parameters())

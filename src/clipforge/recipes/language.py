@@ -68,7 +68,9 @@ RECIPES: dict[str, LanguageRecipe] = {
         name="lit", model="lite0-scratch-text", text_tower=None, lock_text=False, epochs=20.0,
         batch_size=256, lr=5e-4, weight_decay=0.2, warmup_steps=50,
     ),
-    "pretrained": LanguageRecipe(),
+    # (c) chosen on selection data (docs/language.md, benchmarks/language_accuracy.py): MiniLM's own space
+    # (no text projection), the trunk at its native 224 px, 3 cached views, all five captions
+    "pretrained": LanguageRecipe(model="lite0-minilm-space", image_views=3),
 }  # fmt: skip
 
 
@@ -90,11 +92,18 @@ def build_model(recipe: LanguageRecipe):
     return model
 
 
-def training_data(model, recipe: LanguageRecipe, train: CaptionedImages):
+def training_data(
+    model,
+    recipe: LanguageRecipe,
+    train: CaptionedImages,
+    clock: BudgetClock | None = None,
+    eval_images: int = 0,
+):
     """The loader fit() trains on: `CachedPairs` over the locked image trunk's cached features (and the locked
-    text tower's), or the library's `ArrayLoader` over augmented raw images when the image tower trains."""
+    text tower's), or the library's `ArrayLoader` over augmented raw images when the image tower trains.
+    With a `clock`, the extra cached views stop where the budget would no longer cover `eval_images`."""
     from clipforge.data import ArrayLoader, EpochSampler, LabelledArrays
-    from clipforge.recipes.frozen import CachedPairs, image_feature_cache, text_feature_cache, view_config
+    from clipforge.recipes.frozen import CachedPairs, text_feature_cache, view_config
     from clipforge.tokenizer import tokenizer_for
 
     augment = view_config(model)
@@ -103,13 +112,38 @@ def training_data(model, recipe: LanguageRecipe, train: CaptionedImages):
     if not recipe.lock_image:
         arrays = LabelledArrays(train.images, torch.full((len(train),), -1), [], "flickr8k")
         return ArrayLoader(arrays, captions, sampler, augment)
-    images = image_feature_cache(
-        model, train.images, recipe.image_views, augment, recipe.seed, progress=recipe.progress
-    )
     text_features = None
     if recipe.lock_text:
         text_features = text_feature_cache(model, captions.token_table, progress=recipe.progress)
+    images = cached_views(model, train.images, recipe, augment, clock, eval_images)
     return CachedPairs(images, captions, sampler, text_features)
+
+
+def cached_views(model, images, recipe: LanguageRecipe, augment, clock: BudgetClock | None, eval_images: int):
+    """(N, V, D) cached trunk features: view 0 (the plain image), then up to `recipe.image_views - 1` random
+    crops, as many as leave 20% of the budget plus the evaluation of `eval_images` (at view 0's measured cost
+    per image). The same (seed, view, image) keys as caching all views at once, so a shortened run is a prefix."""
+    from clipforge.recipes.frozen import image_feature_cache
+
+    start = clock.spent() if clock is not None else 0.0
+    first = image_feature_cache(model, images, [0], augment, recipe.seed, progress=recipe.progress)
+    extra = recipe.image_views - 1
+    if extra > 0 and clock is not None and recipe.minutes is not None:
+        per_view_s = max(clock.spent() - start, 1e-3)
+        left_s = 0.8 * recipe.minutes * 60 - clock.spent() - 1.3 * eval_images * per_view_s / len(images)
+        affordable = max(0, int(left_s / per_view_s))
+        if affordable < extra:
+            warnings.warn(
+                f"LanguageRecipe.minutes={recipe.minutes}: caching {affordable} of {extra} extra image views "
+                f"({per_view_s:.0f} s per view on this machine)",
+                stacklevel=2,
+            )
+            extra = affordable
+    if extra <= 0:
+        return first
+    views = range(1, 1 + extra)
+    rest = image_feature_cache(model, images, list(views), augment, recipe.seed, progress=recipe.progress)
+    return torch.cat([first, rest], dim=1)
 
 
 def measure_step_s(model, loader, batch_size: int, clock: BudgetClock) -> float:
@@ -188,7 +222,7 @@ def train_language(
 
     clock, wall_start, cpu_start = BudgetClock(recipe.budget_clock), time.perf_counter(), time.process_time()
     model = build_model(recipe)
-    loader = training_data(model, recipe, train)
+    loader = training_data(model, recipe, train, clock, eval_images)
     cache_s = clock.spent()
     step_s = measure_step_s(model, loader, recipe.batch_size, clock)
     image_s = measure_image_s(model, train, clock) if eval_images else 0.0
@@ -207,6 +241,7 @@ def train_language(
         "train_wall_s": round(time.perf_counter() - wall_start, 1),
         "train_cpu_s": round(time.process_time() - cpu_start, 1), "train_budget_s": round(clock.spent(), 1),
         "train_images": len(train), "train_captions": len(train.flat_captions),
+        "image_views": int(loader.image_features.shape[1]) if hasattr(loader, "image_features") else None,
     }  # fmt: skip
     return model.eval(), facts
 
