@@ -118,3 +118,25 @@ def test_each_objective_learns_the_fixture_and_is_cached(splits, tmp_path, name)
     state, reloaded = objective.state_dict(), again.state_dict()
     assert all(torch.equal(state[k], reloaded[k]) for k in state)
     assert chance(splits) == 0.25 and list(reported_sets(splits)) == ["toy"]
+
+
+def test_prompt_rows_and_probe_on_the_fixture(splits, tmp_path):
+    """The prompts and probe experiments' per-seed code on the fixture's trained contrastive run: gains are
+    the paired differences of the rows' accuracies; a 4-class, well separated set is probed near perfectly."""
+    from clipforge.recipes.experiments.caption_probe import SHOTS, set_result, summarise
+    from clipforge.recipes.experiments.caption_prompts import seed_rows
+    from clipforge.zeroshot.templates import get_templates
+
+    settings = _settings(tmp_path)
+    rows = seed_rows(settings, splits)
+    assert [r["set"] for r in rows] == ["toy", "all sets"] and rows[0]["n"] == 40
+    for row in rows:
+        assert row["gain_80_over_1"] == pytest.approx(row["templates_80"] - row["one_template"], abs=1e-3)
+        assert row["gain_ci95"][0] <= row["gain_80_over_1"] <= row["gain_ci95"][1]
+    objective, _ = train_objective("contrastive", settings, splits)
+    result = set_result(objective, splits, "toy", get_templates("imagenet"), seed=0)
+    assert result["zeroshot"] >= 0.6 and sorted(result["probe"]) == list(SHOTS)
+    assert sum(result["probe"][16]) / 3 >= 0.9  # 10 per class available: all of them at k = 16
+    row = summarise([result])[0]
+    assert row["probe_16"] == pytest.approx(sum(result["probe"][16]) / 3, abs=1e-4)
+    assert row["seeds_matched"] == ("1/1" if result["matching_shots"] is not None else "0/1")

@@ -1,7 +1,10 @@
 """`clipforge experiment objectives|prompts|robustness [--smoke] [--out DIR]`: the paper's findings, small scale.
 
-Trained runs are cached under --cache-dir (keyed by their settings), so `prompts` and `robustness` reuse the
-contrastive run of `objectives`. See docs/experiments.md.
+`--data` a labelled set (default CIFAR-10): template captions, zero-shot on the same classes. `--data flickr8k`:
+Flickr8k's human captions on the locked EfficientNet-Lite0 trunk's cached features, zero-shot on the unseen
+label sets (robustness then compares zero-shot with a k-shot linear probe). Trained runs are cached under
+--cache-dir (keyed by their settings), so `prompts` and `robustness` reuse the contrastive run of `objectives`.
+See docs/experiments.md.
 """
 
 from __future__ import annotations

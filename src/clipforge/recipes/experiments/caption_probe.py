@@ -39,7 +39,7 @@ def matching_shots(zeroshot: float, curve: list[tuple[int, float]]) -> float | N
     return None
 
 
-def _set_result(objective, splits, set_name: str, templates: list[str], seed: int) -> dict[str, Any]:
+def set_result(objective, splits, set_name: str, templates: list[str], seed: int) -> dict[str, Any]:
     from clipforge.evaluate.fewshot import FewShotConfig, fewshot_curve
     from clipforge.recipes.experiments.objectives import image_embedding
     from clipforge.zeroshot.classifier import build_classifier
@@ -97,7 +97,7 @@ def run_caption_probe(settings: RunSettings, out_dir: str | Path, seeds: tuple[i
         seeded = replace(settings, seed=seed)
         splits = load_experiment_splits(seeded)
         objective, _ = train_objective("contrastive", seeded, splits)
-        results += [_set_result(objective, splits, name, templates, seed) for name in splits.test]
+        results += [set_result(objective, splits, name, templates, seed) for name in splits.test]
     summary = summarise(results)
     out = Path(out_dir)
     png = plot_probe(

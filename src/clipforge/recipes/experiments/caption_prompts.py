@@ -40,12 +40,12 @@ def paired_gain(better: Tensor, base: Tensor, seed: int = 0) -> dict[str, Any]:
     return {"gain": round(float(diff.mean()), 4), "ci95": [round(low, 4), round(high, 4)]}
 
 
-def _seed_rows(settings: RunSettings) -> list[dict[str, Any]]:
-    """One row per test set (+ "all sets": every test image pooled) for one seed."""
+def seed_rows(settings: RunSettings, splits=None) -> list[dict[str, Any]]:
+    """One row per test set (+ "all sets": every test image pooled) for one seed; `splits` loaded if None."""
     from clipforge.recipes.experiments.objectives import hits
     from clipforge.recipes.experiments.runs import load_experiment_splits, reported_sets, train_objective
 
-    splits = load_experiment_splits(settings)
+    splits = splits or load_experiment_splits(settings)
     objective, _ = train_objective("contrastive", settings, splits)
     sets = prompt_sets()
     pooled: dict[str, list[Tensor]] = {name: [] for name in sets}
@@ -91,7 +91,7 @@ def run_caption_prompts(settings: RunSettings, out_dir: str | Path, seeds: tuple
     from clipforge.recipes.experiments.plotting import plot_bars
     from clipforge.results import markdown_table, write_results
 
-    rows = [row for seed in seeds for row in _seed_rows(replace(settings, seed=seed))]
+    rows = [row for seed in seeds for row in seed_rows(replace(settings, seed=seed))]
     summary_rows = summarise(rows)
     out = Path(out_dir)
     png = plot_bars(

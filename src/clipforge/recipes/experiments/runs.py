@@ -166,6 +166,23 @@ def chance(splits) -> float:
     return sum(1 / len(fs.classes) for fs in splits.val.values()) / len(splits.val)
 
 
+def run_record(name: str, curve: list[dict], trained: dict, train_images: int, val_images: int) -> dict:
+    """A run's record: `curve` (the point before training) + fit()'s evaluations, and fit()'s facts."""
+    curve = curve + [
+        {"images_seen": e["images_seen"], "val_top1": e["zeroshot_top1"]} for e in trained["evals"]
+    ]
+    return {
+        "objective": name,
+        "curve": curve,
+        "images_seen": trained["images_seen"],
+        "steps": trained["steps"],
+        "train_wall_time_s": round(trained["wall_time_s"], 1),
+        "final_loss": trained["final_loss"],
+        "train_images": train_images,
+        "val_images": val_images,
+    }
+
+
 def _labelled_run(name: str, settings: RunSettings, splits: Splits):
     """(untrained objective, train(folder) -> record) on template captions of a labelled set."""
     from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
@@ -196,17 +213,7 @@ def _labelled_run(name: str, settings: RunSettings, splits: Splits):
             _train_config(settings, steps, epochs, folder / "train"), model=objective.model,
             train_data=loader, objective=objective, zeroshot=val_eval,
         )  # fmt: skip
-        curve += [{"images_seen": e["images_seen"], "val_top1": e["zeroshot_top1"]} for e in trained["evals"]]
-        return {
-            "objective": name,
-            "curve": curve,
-            "images_seen": trained["images_seen"],
-            "steps": trained["steps"],
-            "train_wall_time_s": round(trained["wall_time_s"], 1),
-            "final_loss": trained["final_loss"],
-            "train_images": len(splits.train),
-            "val_images": len(splits.val.labels),
-        }
+        return run_record(name, curve, trained, len(splits.train), len(splits.val.labels))
 
     return objective, train
 
