@@ -140,3 +140,29 @@ def test_prompt_rows_and_probe_on_the_fixture(splits, tmp_path):
     row = summarise([result])[0]
     assert row["probe_16"] == pytest.approx(sum(result["probe"][16]) / 3, abs=1e-4)
     assert row["seeds_matched"] == ("1/1" if result["matching_shots"] is not None else "0/1")
+
+
+@pytest.mark.parametrize("name", ["bag-of-words", "captioning"])
+def test_prior_correction_cancels_on_its_own_reference(name):
+    """With one reference input, the prior is that input's class scores: corrected scores are exactly 0 there;
+    with a two-input reference it is the log of the mean probability (bag-of-words: of each word)."""
+    from clipforge.models import CLIP, get_config
+
+    torch.manual_seed(0)
+    captions = ["a dog runs .", "a boat on the water ."]
+    model = CLIP(get_config("lite0-small-text"))
+    objective = make_objective(name, model, [], captions, extra_vocabulary=["a photo of a dog."]).eval()
+    features = torch.randn(2, FEATURE_DIM)
+    classes, templates = ["dog", "boat"], ["a photo of a {}."]
+    scores = objective.class_scores(features, classes, templates)
+    prior = objective.prior_scores(features[:1], classes, templates)
+    assert torch.allclose(scores[0] - prior, torch.zeros(2), atol=1e-5)
+    both = objective.prior_scores(features, classes, templates)
+    if name == "captioning":
+        assert torch.allclose(both, torch.logsumexp(scores, dim=0) - torch.log(torch.tensor(2.0)), atol=1e-5)
+    else:
+        from clipforge import tokenize
+
+        names = objective.word_bag(tokenize(classes, context_length=32))
+        mean = objective.word_log_probs(features).exp().mean(0)
+        assert torch.allclose(both, names @ mean.log(), atol=1e-5)

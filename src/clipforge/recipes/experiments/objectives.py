@@ -134,6 +134,14 @@ class BagOfWordsObjective(_VocabMixin):
         names = self.word_bag(_tokenize(classnames, self.model.context_length).to(images.device))  # (C, V)
         return self.word_log_probs(images) @ names.T  # (N, C): mean log-prob of each name's words
 
+    @torch.no_grad()
+    def prior_scores(self, reference: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        """(C,) the class score under the mean word distribution of `reference` inputs (training images):
+        subtracted from `class_scores`, it scores how much more likely a name's words are for this image."""
+        names = self.word_bag(_tokenize(classnames, self.model.context_length).to(reference.device))  # (C, V)
+        mean = self.word_log_probs(reference).exp().mean(dim=0)  # (V,)
+        return names @ mean.clamp(min=1e-12).log()
+
 
 class CaptionDecoder(nn.Module):
     """Causal transformer over caption tokens; the image embedding is added to the start token's input."""
@@ -200,6 +208,15 @@ class CaptioningObjective(_VocabMixin):
                 scores[:, c] += total / len(templates)
         return scores
 
+    @torch.no_grad()
+    def prior_scores(self, reference: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        """(C,) each class's prompts' log-likelihood averaged (in probability) over `reference` inputs."""
+        if len(templates) != 1:
+            raise ValueError(f"CaptioningObjective.prior_scores: one template, got {len(templates)}")
+        log_count = torch.log(torch.tensor(float(len(reference))))
+        per_prompt = self.class_scores(reference, classnames, templates)  # (R, C)
+        return torch.logsumexp(per_prompt, dim=0) - log_count
+
 
 class SupervisedObjective(nn.Module):
     """Cross-entropy on the labels through a linear head on the image embedding (the robustness baseline)."""
@@ -260,6 +277,26 @@ for _name in ("bag-of-words", "captioning", "supervised"):
 
 
 @torch.no_grad()
+def class_scores(
+    objective: nn.Module,
+    images: Tensor,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 500,
+) -> Tensor:
+    """(N, C) `objective.class_scores` over batches of images (or cached features), in eval mode (restored)."""
+    was_training = objective.training
+    objective.eval()
+    try:
+        parts = [
+            objective.class_scores(images[start : start + batch_size], classnames, templates).cpu()
+            for start in range(0, len(images), batch_size)
+        ]
+    finally:
+        objective.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, len(classnames))
+
+
 def hits(
     objective: nn.Module,
     images: Tensor,
@@ -268,21 +305,8 @@ def hits(
     templates: Sequence[str],
     batch_size: int = 500,
 ) -> Tensor:
-    """(N,) bool: top-1 of `objective.class_scores` on preprocessed images (N, 3, S, S) is right; eval mode,
-    restored afterwards."""
-    was_training = objective.training
-    objective.eval()
-    try:
-        parts = [
-            objective.class_scores(images[start : start + batch_size], classnames, templates)
-            .argmax(dim=1)
-            .cpu()
-            == labels[start : start + batch_size]
-            for start in range(0, len(images), batch_size)
-        ]
-    finally:
-        objective.train(was_training)
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+    """(N,) bool: top-1 of `objective.class_scores` on preprocessed images (N, 3, S, S) is right."""
+    return class_scores(objective, images, classnames, templates, batch_size).argmax(dim=1) == labels.cpu()
 
 
 def accuracy(*args, **kwargs) -> float:
