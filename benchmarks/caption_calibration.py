@@ -2,7 +2,7 @@
 
 Diagnostic for `experiment objectives --data flickr8k` (reads its cached runs: same flags, nothing retrained).
 Their zero-shot rule scores a class by the log-probability of its name's words (bag-of-words) or of its
-prompt (captioning). On human captions word frequencies are very skewed ("dog" is in about a fifth of the
+prompt (captioning). On human captions word frequencies are very skewed ("dog" is in 24% of the train
 captions), so that score is dominated by each name's prior and the argmax is nearly the same class for every
 image. Prior-corrected scoring subtracts each class's score under the model's mean prediction over 256
 Flickr8k *training* images (`prior_scores`: a pointwise-mutual-information rule; no test data involved).
