@@ -1,7 +1,10 @@
 """`clipforge experiment objectives|prompts|robustness [--smoke] [--out DIR]`: the paper's findings, small scale.
 
-Trained runs are cached under --cache-dir (keyed by their settings), so `prompts` and `robustness` reuse the
-contrastive run of `objectives`. See docs/experiments.md.
+`--data` a labelled set (default CIFAR-10): template captions, zero-shot on the same classes. `--data flickr8k`:
+Flickr8k's human captions on the locked EfficientNet-Lite0 trunk's cached features, zero-shot on the unseen
+label sets (robustness then compares zero-shot with a k-shot linear probe). Trained runs are cached under
+--cache-dir (keyed by their settings), so `prompts` and `robustness` reuse the contrastive run of `objectives`.
+See docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ DEFAULT_OUT = "benchmarks/results/experiments"
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from clipforge.recipes.experiments.captions import CAPTION_MODEL, is_caption_data
     from clipforge.recipes.experiments.runs import RunSettings, smoke_settings
 
     defaults = RunSettings()
@@ -25,15 +29,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--out", default=None, help=f"results folder (default {DEFAULT_OUT}; smoke: runs/...)"
     )
-    parser.add_argument("--data", default=defaults.data, help="labelled set with train and test splits")
-    parser.add_argument("--model", default=defaults.model, help="preset for the image encoder and text sizes")
+    parser.add_argument(
+        "--data", default=defaults.data,
+        help="labelled set with train and test splits (template captions), or flickr8k (human captions, "
+        "zero-shot on the unseen sets)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model", default=None,
+        help=f"preset for the image encoder and text sizes (default {defaults.model}; flickr8k: {CAPTION_MODEL})",
+    )  # fmt: skip
     parser.add_argument("--train-images", type=int, default=None, help="random subset of the train split")
+    parser.add_argument("--val-images", type=int, default=defaults.val_images, help="curve images (per set)")
+    parser.add_argument("--test-images", type=int, default=None, help="stratified test subset (per set)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--eval-points", type=int, default=defaults.eval_points, help="points on each curve")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=(), help="objectives: train every objective once per seed"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=(),
+        help="train every model once per seed (objectives; prompts and robustness on flickr8k)",
     )
     parser.add_argument(
         "--cache-dir", default=defaults.cache_dir, help="trained runs, reused when settings match"
@@ -45,12 +63,15 @@ def main(argv: list[str] | None = None) -> dict:
     settings = replace(
         defaults,
         data=args.data,
-        model=args.model,
+        model=args.model or (CAPTION_MODEL if is_caption_data(args.data) else defaults.model),
         train_images=args.train_images,
+        val_images=args.val_images,
+        test_images=args.test_images,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        eval_points=args.eval_points,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
     )
@@ -76,7 +97,7 @@ def _run(name: str, settings, out: str, seeds: tuple[int, ...]) -> dict:
     if name == "prompts":
         from clipforge.recipes.experiments.prompts_exp import run_prompts
 
-        return run_prompts(settings, out)
+        return run_prompts(settings, out, seeds)
     from clipforge.recipes.experiments.robustness_exp import run_robustness
 
-    return run_robustness(settings, out)
+    return run_robustness(settings, out, seeds)

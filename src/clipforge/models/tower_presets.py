@@ -41,6 +41,8 @@ MINILM_TEXT: Spec = {
 }
 
 SCRATCH_TEXT: Spec = {"context_length": 32, "width": 256, "heads": 4, "layers": 4}  # OpenAI BPE, causal
+# the objectives experiment on Flickr8k (docs/experiments.md): three objectives x three seeds on 1 CPU thread
+SMALL_TEXT: Spec = {"context_length": 32, "width": 128, "heads": 4, "layers": 2}
 
 
 def lite0(image_size: int, embed_dim: int, text: Spec) -> Spec:
@@ -57,6 +59,8 @@ TOWER_SPECS: dict[str, Spec] = {
     "lite0-minilm-space": lite0(224, 384, {**MINILM_TEXT, "hf_proj_type": "none"}),
     # (b) LiT: pretrained EfficientNet-Lite0 + a 4-layer text transformer from scratch
     "lite0-scratch-text": lite0(128, 256, SCRATCH_TEXT),
+    # the same locked image tower with a 2-layer, 128-wide text transformer (or caption decoder)
+    "lite0-small-text": lite0(128, 128, SMALL_TEXT),
     # (a) the paper's method from scratch at Flickr8k's 64-128 px: ModifiedResNet + text transformer
     "flickr-resnet": {
         "embed_dim": 256,

@@ -11,7 +11,13 @@ for zero-shot classification:
   scores the mean (over templates) caption log-likelihood of its prompts;
 - supervised: cross-entropy on labels; scores are the classifier logits (no language, not zero-shot).
 
-Vocabularies are compact: the BPE ids that occur in the training captions (`caption_vocabulary`).
+Vocabularies are compact: the BPE ids that occur in the training captions (`caption_vocabulary`), plus any
+`extra_vocabulary` texts (the prompts of label sets scored zero-shot later: their words must be scorable; they
+are never targets, so training only pushes their probabilities down, as a full-BPE softmax would).
+
+Inputs are preprocessed images (N, 3, S, S) or, for a locked image trunk, its cached pooled features (N, D)
+(batches carry them as "image_features", `recipes.frozen.CachedPairs`): `image_embedding` maps either to the
+image tower's output, so every objective trains and scores on cached features unchanged.
 
 Importing this module registers bag-of-words, captioning and supervised with the trainer's objective registry
 (`loss.objective=...` in `clipforge train`), built from the training loader's `classes` and `caption_texts`.
@@ -35,6 +41,18 @@ OBJECTIVES = ("contrastive", "bag-of-words", "captioning", "supervised")
 
 def _tokenize(texts: Sequence[str], context_length: int) -> Tensor:
     return default_tokenizer(context_length)(list(texts))
+
+
+def image_embedding(model: nn.Module, inputs: Tensor) -> Tensor:
+    """(N, E) image tower output of images (N, 3, S, S) or of cached trunk features (N, D) (projection only)."""
+    if inputs.dim() == 2:
+        return model.visual.project(inputs.float())
+    return model.encode_image(inputs)
+
+
+def batch_images(batch: dict[str, Tensor]) -> Tensor:
+    """A training batch's image input: cached trunk features when it has them, else the images."""
+    return batch["image_features"] if "image_features" in batch else batch["images"]
 
 
 def template_captions(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -74,13 +92,18 @@ class ContrastiveScorer(ContrastiveObjective):
     def __init__(self, model: nn.Module):
         super().__init__(model, dedup_text=True)
 
+    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:  # -> (B, E), (B, E) unit rows
+        if "image_features" not in batch:
+            return super().embed(batch)
+        image = F.normalize(image_embedding(self.model, batch["image_features"]), dim=-1)
+        return image, self.model.encode_text(batch["text"], normalize=True)
+
     @torch.no_grad()
     def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
         classifier = build_classifier(self.model, list(classnames), list(templates), cache_dir=False,
                                       progress=False).float()  # (E, C)  # fmt: skip
-        return self.model.encode_image(images, normalize=True).float() @ classifier.to(
-            images.device
-        )  # (N, C)
+        image = F.normalize(image_embedding(self.model, images).float(), dim=-1)  # (N, E)
+        return image @ classifier.to(images.device)  # (N, C)
 
 
 class BagOfWordsObjective(_VocabMixin):
@@ -94,7 +117,7 @@ class BagOfWordsObjective(_VocabMixin):
         self.special = (int(vocab.max()), int(vocab.max()) - 1)  # EOT, SOT are the two largest BPE ids
 
     def word_log_probs(self, images: Tensor) -> Tensor:  # -> (B, V)
-        return F.log_softmax(self.head(self.model.encode_image(images)).float(), dim=-1)
+        return F.log_softmax(self.head(image_embedding(self.model, images)).float(), dim=-1)
 
     def word_bag(self, tokens: Tensor) -> Tensor:  # (B, L) BPE ids -> (B, V) rows summing to 1
         keep = (tokens != 0) & (tokens != self.special[0]) & (tokens != self.special[1])
@@ -103,13 +126,21 @@ class BagOfWordsObjective(_VocabMixin):
         return bag / bag.sum(dim=1, keepdim=True).clamp(min=1)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        log_probs = self.word_log_probs(batch["images"])
+        log_probs = self.word_log_probs(batch_images(batch))
         return {"loss": -(self.word_bag(batch["text"]) * log_probs).sum(dim=1).mean()}
 
     @torch.no_grad()
     def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
         names = self.word_bag(_tokenize(classnames, self.model.context_length).to(images.device))  # (C, V)
         return self.word_log_probs(images) @ names.T  # (N, C): mean log-prob of each name's words
+
+    @torch.no_grad()
+    def prior_scores(self, reference: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        """(C,) the class score under the mean word distribution of `reference` inputs (training images):
+        subtracted from `class_scores`, it scores how much more likely a name's words are for this image."""
+        names = self.word_bag(_tokenize(classnames, self.model.context_length).to(reference.device))  # (C, V)
+        mean = self.word_log_probs(reference).exp().mean(dim=0)  # (V,)
+        return names @ mean.clamp(min=1e-12).log()
 
 
 class CaptionDecoder(nn.Module):
@@ -159,21 +190,32 @@ class CaptioningObjective(_VocabMixin):
         return (picked * valid).sum(dim=1), valid.sum(dim=1)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        total, count = self.token_log_likelihood(self.model.encode_image(batch["images"]), batch["text"])
+        total, count = self.token_log_likelihood(
+            image_embedding(self.model, batch_images(batch)), batch["text"]
+        )
         return {"loss": -total.sum() / count.sum()}
 
     @torch.no_grad()
     def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-        image_embedding = self.model.encode_image(images)  # (N, E)
+        embedding = image_embedding(self.model, images)  # (N, E)
         scores = torch.zeros(len(images), len(classnames), device=images.device)
         for c, name in enumerate(classnames):
             tokens = _tokenize([t.format(name) for t in templates], self.model.context_length).to(
                 images.device
             )
             for prompt in tokens:  # (L,)
-                total, _ = self.token_log_likelihood(image_embedding, prompt.expand(len(images), -1))
+                total, _ = self.token_log_likelihood(embedding, prompt.expand(len(images), -1))
                 scores[:, c] += total / len(templates)
         return scores
+
+    @torch.no_grad()
+    def prior_scores(self, reference: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        """(C,) each class's prompts' log-likelihood averaged (in probability) over `reference` inputs."""
+        if len(templates) != 1:
+            raise ValueError(f"CaptioningObjective.prior_scores: one template, got {len(templates)}")
+        log_count = torch.log(torch.tensor(float(len(reference))))
+        per_prompt = self.class_scores(reference, classnames, templates)  # (R, C)
+        return torch.logsumexp(per_prompt, dim=0) - log_count
 
 
 class SupervisedObjective(nn.Module):
@@ -185,7 +227,8 @@ class SupervisedObjective(nn.Module):
         self.head = nn.Linear(model.config.embed_dim, num_classes)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"loss": F.cross_entropy(self.head(self.model.encode_image(batch["images"])), batch["labels"])}
+        logits = self.head(image_embedding(self.model, batch_images(batch)))
+        return {"loss": F.cross_entropy(logits, batch["labels"])}
 
     @torch.no_grad()
     def class_scores(self, images: Tensor, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
@@ -193,13 +236,18 @@ class SupervisedObjective(nn.Module):
             raise ValueError(
                 f"supervised head has {self.head.out_features} classes, asked for {len(classnames)}"
             )
-        return self.head(self.model.encode_image(images))
+        return self.head(image_embedding(self.model, images))
 
 
 def make_objective(
-    name: str, model: nn.Module, classnames: Sequence[str], caption_texts: Sequence[str]
+    name: str,
+    model: nn.Module,
+    classnames: Sequence[str],
+    caption_texts: Sequence[str],
+    extra_vocabulary: Sequence[str] = (),
 ) -> nn.Module:
-    """One of OBJECTIVES around `model`; word vocabularies come from the training captions `caption_texts`."""
+    """One of OBJECTIVES around `model`; word vocabularies come from the training captions `caption_texts`
+    and the texts `extra_vocabulary` (prompts that will be scored)."""
     if name == "contrastive":
         return ContrastiveScorer(model)
     if name == "supervised":
@@ -212,7 +260,7 @@ def make_objective(
         raise ValueError(f"objective {name!r}: valid objectives are {', '.join(OBJECTIVES)}")
     if not caption_texts:
         raise ValueError(f"loss.objective={name} needs the training captions (the loader's caption_texts)")
-    vocab = caption_vocabulary(caption_texts, model.context_length)
+    vocab = caption_vocabulary(list(caption_texts) + list(extra_vocabulary), model.context_length)
     return BagOfWordsObjective(model, vocab) if name == "bag-of-words" else CaptioningObjective(model, vocab)
 
 
@@ -229,6 +277,26 @@ for _name in ("bag-of-words", "captioning", "supervised"):
 
 
 @torch.no_grad()
+def class_scores(
+    objective: nn.Module,
+    images: Tensor,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 500,
+) -> Tensor:
+    """(N, C) `objective.class_scores` over batches of images (or cached features), in eval mode (restored)."""
+    was_training = objective.training
+    objective.eval()
+    try:
+        parts = [
+            objective.class_scores(images[start : start + batch_size], classnames, templates).cpu()
+            for start in range(0, len(images), batch_size)
+        ]
+    finally:
+        objective.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, len(classnames))
+
+
 def hits(
     objective: nn.Module,
     images: Tensor,
@@ -237,21 +305,8 @@ def hits(
     templates: Sequence[str],
     batch_size: int = 500,
 ) -> Tensor:
-    """(N,) bool: top-1 of `objective.class_scores` on preprocessed images (N, 3, S, S) is right; eval mode,
-    restored afterwards."""
-    was_training = objective.training
-    objective.eval()
-    try:
-        parts = [
-            objective.class_scores(images[start : start + batch_size], classnames, templates)
-            .argmax(dim=1)
-            .cpu()
-            == labels[start : start + batch_size]
-            for start in range(0, len(images), batch_size)
-        ]
-    finally:
-        objective.train(was_training)
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+    """(N,) bool: top-1 of `objective.class_scores` on preprocessed images (N, 3, S, S) is right."""
+    return class_scores(objective, images, classnames, templates, batch_size).argmax(dim=1) == labels.cpu()
 
 
 def accuracy(*args, **kwargs) -> float:

@@ -14,7 +14,13 @@ from typing import Any
 
 import torch
 
-from clipforge.recipes.experiments.runs import TRAIN_TEMPLATES, RunSettings, load_splits, train_objective
+from clipforge.recipes.experiments.runs import (
+    RunSettings,
+    eval_templates,
+    load_experiment_splits,
+    reported_sets,
+    train_objective,
+)
 
 LANGUAGE_OBJECTIVES = ("contrastive", "bag-of-words", "captioning")
 LEVELS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)
@@ -36,6 +42,16 @@ def images_to_reach(curve: list[dict], level: float) -> float | None:
             return x0 + (level - y0) / (y1 - y0) * (x1 - x0)
         previous = point
     return None
+
+
+def relative_levels(curves: dict[str, list[dict]], chance: float, fractions=(0.5, 0.75, 0.9)) -> list[float]:
+    """Accuracy levels for curves far below LEVELS (caption data): `fractions` of the best objective's gain over
+    chance, plus each other objective's best accuracy (the level the slower one does reach)."""
+    best = {name: max(p["val_top1"] for p in curve) for name, curve in curves.items()}
+    top = max(best.values())
+    levels = {round(chance + f * (top - chance), 4) for f in fractions}
+    levels |= {round(b, 4) for b in best.values() if chance < b < top}
+    return sorted(levels)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -72,24 +88,43 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
 def _train_every_seed(settings: RunSettings, seeds: tuple[int, ...]):
     """({objective: [run record + test_top1 per seed]}, the last seed's splits)."""
     from clipforge.recipes.experiments.objectives import accuracy
-    from clipforge.recipes.experiments.runs import _image_size
 
     all_runs: dict[str, list[dict]] = {name: [] for name in LANGUAGE_OBJECTIVES}
     for seed in seeds:
         seeded = replace(settings, seed=seed)
-        splits = load_splits(seeded, _image_size(seeded))
-        classes = list(splits.train.classes)
+        splits = load_experiment_splits(seeded)
+        templates = list(eval_templates(splits))
         for name in LANGUAGE_OBJECTIVES:
             objective, record = train_objective(name, seeded, splits)
-            test = accuracy(objective, splits.test.images, splits.test.labels, classes, TRAIN_TEMPLATES)
-            all_runs[name].append({"seed": seed, "test_top1": round(test, 4), **record})
+            per_set = {
+                set_name: round(accuracy(objective, inputs, labels, classes, templates), 4)
+                for set_name, (inputs, labels, classes) in reported_sets(splits).items()
+            }
+            test = sum(per_set.values()) / len(per_set)
+            all_runs[name].append({"seed": seed, "test_top1": round(test, 4), "test_per_set": per_set,
+                                   **record})  # fmt: skip
     return all_runs, splits
 
 
+def pair_ratio(fast: list[dict], slow: list[dict]) -> dict[str, Any]:
+    """The paper's efficiency at the slower objective's best: images `slow` needed to first reach its best
+    validation accuracy over the images `fast` needed to reach the same (None where either is undefined, e.g.
+    the slow one is never better than at initialisation)."""
+    level = max(p["val_top1"] for p in slow)
+    need_slow, need_fast = images_to_reach(slow, level), images_to_reach(fast, level)
+    if not need_slow:  # its best is the untrained model's accuracy: no learning to compare
+        need_slow = None
+    return {"level": round(level, 4), "images_slow": need_slow, "images_fast": need_fast,
+            "ratio": _ratio(need_slow, need_fast)}  # fmt: skip
+
+
+PAIRS = (("contrastive", "bag-of-words"), ("bag-of-words", "captioning"))  # (fast, slow) as in the paper
+
+
 def _final_row(name: str, runs: list[dict], curve: list[dict]) -> dict[str, Any]:
-    """Mean and spread over seeds of one objective's runs."""
+    """Mean and spread over seeds of one objective's runs (+ the mean test top-1 of each test set)."""
     tests = torch.tensor([r["test_top1"] for r in runs])
-    return {
+    row = {
         "objective": name,
         "test_top1": round(float(tests.mean()), 4),
         "test_top1_std": round(float(tests.std()), 4) if len(runs) > 1 else 0.0,
@@ -99,24 +134,45 @@ def _final_row(name: str, runs: list[dict], curve: list[dict]) -> dict[str, Any]
         "train_wall_time_s": round(sum(r["train_wall_time_s"] for r in runs) / len(runs), 1),
         "final_loss": round(sum(r["final_loss"] for r in runs) / len(runs), 4),
     }
+    sets = runs[0]["test_per_set"]
+    if len(sets) > 1:
+        row.update({k: round(sum(r["test_per_set"][k] for r in runs) / len(runs), 4) for k in sets})
+    return row
+
+
+def _per_seed(all_runs: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    """One row per (objective, seed); the pair ratios per seed (their spread is the claim's error bar)."""
+    rows = []
+    for name, runs in all_runs.items():
+        for i, r in enumerate(runs):
+            row = {"objective": name, "seed": r["seed"], "test_top1": r["test_top1"],
+                   "final_val_top1": round(r["curve"][-1]["val_top1"], 4),
+                   "best_val_top1": round(max(p["val_top1"] for p in r["curve"]), 4)}  # fmt: skip
+            for fast, slow in PAIRS:  # every row has every column (None where it is not the slow one)
+                got = pair_ratio(all_runs[fast][i]["curve"], r["curve"]) if name == slow else {"ratio": None}
+                row[f"images_vs_{fast}_at_best"] = got["ratio"]
+            rows.append(row)
+    return rows
 
 
 def _summary(settings: RunSettings, results: dict[str, Any], png: Path) -> str:
     from clipforge.results import markdown_table
 
-    per_seed = results["per_seed"]
     return (
         "# Objectives: zero-shot accuracy vs images seen\n\n"
-        f"{results['train_images']} training images, {settings.epochs:g} epochs, batch {settings.batch_size}, "
-        f"model `{settings.model}`; curves on {results['val_images']} held-out training images (one prompt), "
-        f"final accuracy on {results['test_images']} test images ({len(TRAIN_TEMPLATES)}-prompt ensemble). "
-        f"Chance {results['chance']:.2f}. Seeds {', '.join(map(str, results['seeds']))} (data subset, validation "
-        "split, init and order); accuracies and curves are means over seeds, `test_top1_std` their spread.\n\n"
+        f"Data `{settings.data}`: {results['train_images']} training images, {settings.epochs:g} epochs, batch "
+        f"{settings.batch_size}, model `{settings.model}`; curves: {results['curve_sets']} "
+        f"({results['val_images']} images, one prompt); final accuracy: {results['test_sets']} "
+        f"({results['test_images']} images, {results['test_templates']} prompt(s)). Chance {results['chance']:.3f}. "
+        f"Seeds {', '.join(map(str, results['seeds']))} ({results['seeds_vary']}); "
+        "accuracies and curves are means over seeds, `test_top1_std` their spread.\n\n"
         + markdown_table(results["final"])
         + "\n## Images needed to reach a validation accuracy (paper: BoW/contrastive 4x, captioning/BoW 3x)\n\n"
         + markdown_table(results["efficiency"])
-        + "\n## Per seed\n\n"
-        + markdown_table([{"objective": n, **r} for n, rows in per_seed.items() for r in rows])
+        + "\n## At the slower objective's best accuracy (seed-mean curves)\n\n"
+        + markdown_table(results["pairs"])
+        + "\n## Per seed (`images_vs_X_at_best`: the same ratio on each seed's own curves)\n\n"
+        + markdown_table(results["per_seed"])
         + f"\n![curves]({png.name})\n"
     )
 
@@ -125,33 +181,36 @@ def run_objectives(settings: RunSettings, out_dir: str | Path, seeds: tuple[int,
     """Train (or reuse) each objective for every seed (default: settings.seed alone); the table reports the mean
     and spread over seeds, the curves and images-to-reach ratios use the seed-mean curve."""
     from clipforge.recipes.experiments.plotting import plot_curves
+    from clipforge.recipes.experiments.runs import Splits, chance
     from clipforge.results import write_results
 
     seeds = tuple(seeds) or (settings.seed,)
     all_runs, splits = _train_every_seed(settings, seeds)
     curves = {name: mean_curve([r["curve"] for r in runs]) for name, runs in all_runs.items()}
-    per_seed = {
-        name: [
-            {"seed": r["seed"], "test_top1": r["test_top1"], "final_val_top1": r["curve"][-1]["val_top1"],
-             "images_to_30pct": images_to_reach(r["curve"], 0.3)}
-            for r in runs
-        ]
-        for name, runs in all_runs.items()
-    }  # fmt: skip
     out = Path(out_dir)
-    chance = 1 / len(splits.train.classes)
-    png = plot_curves(curves, chance, "objectives: same encoder, same images", out / "objectives.png")
+    floor = chance(splits)
+    labelled = isinstance(splits, Splits)
+    levels = LEVELS if labelled else relative_levels(curves, floor)
+    png = plot_curves(curves, floor, "objectives: same encoder, same images", out / "objectives.png")
+    tests = reported_sets(splits)
     results = {
         "experiment": "objectives",
         "seeds": list(seeds),
         "final": [_final_row(name, runs, curves[name]) for name, runs in all_runs.items()],
-        "per_seed": per_seed,
-        "efficiency": efficiency_table(curves),
+        "per_seed": _per_seed(all_runs),
+        "efficiency": efficiency_table(curves, levels),
+        "pairs": [{"fast": f, "slow": s, **pair_ratio(curves[f], curves[s])} for f, s in PAIRS],
         "curves": curves,
-        "chance": chance,
+        "chance": floor,
+        "seeds_vary": "data subset, validation split, init and order"
+        if labelled
+        else "init, caption draw and batch order; cached views and evaluation subsets are fixed",
         "train_images": len(splits.train),
-        "val_images": len(splits.val.labels),
-        "test_images": len(splits.test.labels),
+        "val_images": len(splits.val.labels) if labelled else sum(len(v.labels) for v in splits.val.values()),
+        "curve_sets": "held-out training images" if labelled else ", ".join(splits.val) + " (train splits)",
+        "test_sets": ", ".join(tests) + (" split" if labelled else " (test splits)"),
+        "test_images": sum(len(labels) for _, labels, _ in tests.values()),
+        "test_templates": len(eval_templates(splits)),
         "settings": {k: v for k, v in vars(settings).items()},
         "png": str(png),
     }

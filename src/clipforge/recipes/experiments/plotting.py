@@ -49,3 +49,22 @@ def plot_scatter(points: list[dict], x: str, y: str, title: str, path: Path) -> 
     ax.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1))
     ax.grid(alpha=0.3)
     return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_probe(rows: list[dict], shots: tuple[int, ...], title: str, path: Path) -> Path:
+    """One panel per set: the k-shot probe's top-1 (`probe_k` columns) vs k, zero-shot as a dashed line."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        points = [(k, row[f"probe_{k}"]) for k in shots if row.get(f"probe_{k}") is not None]
+        if points:
+            ax.plot([k for k, _ in points], [a for _, a in points], marker="o", label="linear probe")
+        ax.axhline(row["zeroshot"], color="C1", linestyle="--", label="zero-shot")
+        ax.axhline(1 / row["classes"], color="grey", linestyle=":", label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set(title=row["set"], xlabel="shots per class", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 (test)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")

@@ -32,7 +32,15 @@ def prompt_sets() -> dict[str, list[str]]:
     }
 
 
-def run_prompts(settings: RunSettings, out_dir: str | Path) -> dict[str, Any]:
+def run_prompts(settings: RunSettings, out_dir: str | Path, seeds: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The prompt sets on the labelled set's validation and test splits; on Flickr8k captions, one template vs
+    the 80-template ensemble on every unseen set for each seed (`caption_prompts.run_caption_prompts`)."""
+    from clipforge.recipes.experiments.captions import is_caption_data
+
+    if is_caption_data(settings.data):
+        from clipforge.recipes.experiments.caption_prompts import run_caption_prompts
+
+        return run_caption_prompts(settings, out_dir, tuple(seeds) or (settings.seed,))
     from clipforge.evaluate.metrics import bootstrap_ci
     from clipforge.recipes.experiments.objectives import accuracy, hits
     from clipforge.recipes.experiments.plotting import plot_bars

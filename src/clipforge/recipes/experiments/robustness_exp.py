@@ -85,7 +85,18 @@ def _rows(sets: dict[str, dict[str, Tensor]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_robustness(settings: RunSettings, out_dir: str | Path, severities=SEVERITIES) -> dict[str, Any]:
+def run_robustness(
+    settings: RunSettings, out_dir: str | Path, seeds: tuple[int, ...] = (), severities=SEVERITIES
+) -> dict[str, Any]:
+    """Synthetic shifts of the labelled set's test split; on Flickr8k captions (no labelled training set to
+    shift or to train a supervised baseline on), zero-shot vs k-shot linear probe per unseen set
+    (`caption_probe.run_caption_probe`), for each seed."""
+    from clipforge.recipes.experiments.captions import is_caption_data
+
+    if is_caption_data(settings.data):
+        from clipforge.recipes.experiments.caption_probe import run_caption_probe
+
+        return run_caption_probe(settings, out_dir, tuple(seeds) or (settings.seed,))
     from clipforge.evaluate.metrics import bootstrap_ci
     from clipforge.recipes.experiments.plotting import plot_scatter
     from clipforge.results import markdown_table, write_results

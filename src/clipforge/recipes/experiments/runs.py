@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from clipforge.data import (
     DEFAULT_TEMPLATES,
@@ -113,59 +113,109 @@ def new_objective(name: str, settings: RunSettings, classes: list[str]) -> nn.Mo
     return make_objective(name, model, classes, template_captions(classes, TRAIN_TEMPLATES))
 
 
-def train_objective(name: str, settings: RunSettings, splits: Splits | None = None) -> tuple[nn.Module, dict]:
-    """(trained objective in eval mode, run record {"curve": [{images_seen, val_top1}], ...}); cached."""
-    from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
-    from clipforge.recipes.experiments.objectives import accuracy
-    from clipforge.train import fit
+def train_objective(name: str, settings: RunSettings, splits=None) -> tuple[nn.Module, dict]:
+    """(trained objective in eval mode, run record {"curve": [{images_seen, val_top1}], ...}); cached.
+    `splits`: `load_experiment_splits(settings)` (loaded here when None)."""
+    from clipforge.recipes.experiments.captions import caption_run
 
     folder = Path(settings.cache_dir) / settings.key(name)
-    image_size = _image_size(settings)
-    splits = splits or load_splits(settings, image_size)
-    classes = list(splits.train.classes)
-    objective = new_objective(name, settings, classes)
+    splits = splits or load_experiment_splits(settings)
+    if isinstance(splits, Splits):
+        objective, train = _labelled_run(name, settings, splits)
+    else:
+        objective, train = caption_run(name, settings, splits)
     if (folder / "run.json").exists():
         objective.load_state_dict(torch.load(folder / "objective.pt", weights_only=True))
         return objective.eval(), json.loads((folder / "run.json").read_text())
-    loader = labelled_loader(
-        splits.train,
-        LabelledLoaderConfig(
-            batch_size=settings.batch_size, seed=settings.seed, context_length=objective.model.context_length,
-            templates=TRAIN_TEMPLATES,
-        ),
-    )  # fmt: skip
-    samples_per_epoch = loader.batches_per_epoch * settings.batch_size
-    steps = max(1, round(settings.epochs * samples_per_epoch / settings.batch_size))
-    epochs = math.ceil(steps * settings.batch_size / samples_per_epoch)
+    record = {**train(folder), "settings": asdict(settings)}
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(objective.state_dict(), folder / "objective.pt")
+    (folder / "run.json").write_text(json.dumps(record, indent=1))
+    return objective.eval(), record
 
-    def val_eval(_model: nn.Module) -> dict[str, float]:
-        return {
-            "zeroshot_top1": accuracy(
-                objective, splits.val.images, splits.val.labels, classes, TRAIN_TEMPLATES
-            )
-        }
 
-    curve = [{"images_seen": 0, "val_top1": val_eval(objective.model)["zeroshot_top1"]}]
-    trained = fit(
-        _train_config(settings, steps, epochs, folder / "train"), model=objective.model, train_data=loader,
-        objective=objective, zeroshot=val_eval,
-    )  # fmt: skip
-    curve += [{"images_seen": e["images_seen"], "val_top1": e["zeroshot_top1"]} for e in trained["evals"]]
-    record: dict[str, Any] = {
+def load_experiment_splits(settings: RunSettings):
+    """`Splits` of a labelled set, or `captions.CaptionSplits` when `settings.data` is Flickr8k."""
+    from clipforge.recipes.experiments.captions import is_caption_data, load_caption_splits
+
+    if is_caption_data(settings.data):
+        return load_caption_splits(settings)
+    return load_splits(settings, _image_size(settings))
+
+
+def reported_sets(splits) -> dict[str, tuple[Tensor, Tensor, list[str]]]:
+    """{name: (inputs, labels, class names)} of the reported test sets: the labelled set's test split, or
+    every unseen set's test split (cached trunk features) for caption data."""
+    if isinstance(splits, Splits):
+        return {"test": (splits.test.images, splits.test.labels, list(splits.train.classes))}
+    return {name: (fs.features, fs.labels, fs.classes) for name, fs in splits.test.items()}
+
+
+def eval_templates(splits) -> tuple[str, ...]:
+    """Prompts of the objectives' zero-shot scores: the 12 training templates for template-caption runs, the
+    curves' one prompt for caption data (captioning scores cost one decoder pass per prompt and class)."""
+    from clipforge.recipes.experiments.captions import CURVE_TEMPLATES
+
+    return TRAIN_TEMPLATES if isinstance(splits, Splits) else CURVE_TEMPLATES
+
+
+def chance(splits) -> float:
+    """Chance top-1 of the curves' metric (for caption data: the mean over the validation sets)."""
+    if isinstance(splits, Splits):
+        return 1 / len(splits.train.classes)
+    return sum(1 / len(fs.classes) for fs in splits.val.values()) / len(splits.val)
+
+
+def run_record(name: str, curve: list[dict], trained: dict, train_images: int, val_images: int) -> dict:
+    """A run's record: `curve` (the point before training) + fit()'s evaluations, and fit()'s facts."""
+    curve = curve + [
+        {"images_seen": e["images_seen"], "val_top1": e["zeroshot_top1"]} for e in trained["evals"]
+    ]
+    return {
         "objective": name,
         "curve": curve,
         "images_seen": trained["images_seen"],
         "steps": trained["steps"],
         "train_wall_time_s": round(trained["wall_time_s"], 1),
         "final_loss": trained["final_loss"],
-        "train_images": len(splits.train),
-        "val_images": len(splits.val.labels),
-        "settings": asdict(settings),
+        "train_images": train_images,
+        "val_images": val_images,
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(objective.state_dict(), folder / "objective.pt")
-    (folder / "run.json").write_text(json.dumps(record, indent=1))
-    return objective.eval(), record
+
+
+def _labelled_run(name: str, settings: RunSettings, splits: Splits):
+    """(untrained objective, train(folder) -> record) on template captions of a labelled set."""
+    from clipforge.data.loader import LabelledLoaderConfig, labelled_loader
+    from clipforge.recipes.experiments.objectives import accuracy
+    from clipforge.train import fit
+
+    classes = list(splits.train.classes)
+    objective = new_objective(name, settings, classes)
+
+    def train(folder: Path) -> dict[str, Any]:
+        loader = labelled_loader(
+            splits.train,
+            LabelledLoaderConfig(
+                batch_size=settings.batch_size, seed=settings.seed,
+                context_length=objective.model.context_length, templates=TRAIN_TEMPLATES,
+            ),
+        )  # fmt: skip
+        samples_per_epoch = loader.batches_per_epoch * settings.batch_size
+        steps = max(1, round(settings.epochs * samples_per_epoch / settings.batch_size))
+        epochs = math.ceil(steps * settings.batch_size / samples_per_epoch)
+
+        def val_eval(_model: nn.Module) -> dict[str, float]:
+            top1 = accuracy(objective, splits.val.images, splits.val.labels, classes, TRAIN_TEMPLATES)
+            return {"zeroshot_top1": top1}
+
+        curve = [{"images_seen": 0, "val_top1": val_eval(objective.model)["zeroshot_top1"]}]
+        trained = fit(
+            _train_config(settings, steps, epochs, folder / "train"), model=objective.model,
+            train_data=loader, objective=objective, zeroshot=val_eval,
+        )  # fmt: skip
+        return run_record(name, curve, trained, len(splits.train), len(splits.val.labels))
+
+    return objective, train
 
 
 def _image_size(settings: RunSettings) -> int:
