@@ -16,30 +16,14 @@ import sys
 
 import torch
 
-from benchmarks.language_heads import VALIDATION, text_features, towers
+from benchmarks.language_heads import VALIDATION, contrastive_step, text_features, towers
 
 
 def cache(size: int, views: int, path: str) -> None:
-    from clipforge.recipes.flickr import hold_out, load_flickr8k
-    from clipforge.recipes.frozen import image_feature_cache, view_config
-    from clipforge.recipes.unseen import SHARED, UNSEEN_SETS, load_set
+    """All 5,500 train images at `size` px with `views` views (benchmarks.language_heads.cache)."""
+    from benchmarks.language_heads import cache as cache_features
 
-    model = towers()
-    train, held = hold_out(load_flickr8k(SHARED / "flickr8k", "train"), 500, 0)
-    augment, store = view_config(model, size), {"size": size}
-    for name, part, count in (("held", held, 1), ("train", train, views)):
-        store[name] = {
-            "img": image_feature_cache(model, part.images, count, augment, progress=True),
-            "txt": text_features(model, part.flat_captions),
-            "cap_img": part.caption_image,
-        }
-        torch.save(store, path)
-    for spec in UNSEEN_SETS:
-        if spec.name in VALIDATION:
-            data, names = load_set(spec, spec.validation_split, VALIDATION[spec.name])
-            images = image_feature_cache(model, data.images, 1, augment, progress=False)[:, 0]
-            store[spec.name] = {"img": images, "labels": data.labels, "classes": names}
-            torch.save(store, path)
+    cache_features(5500, path, size, views)
 
 
 # ---- step 2: heads on the cache -------------------------------------------------------------------------
@@ -97,6 +81,7 @@ def train(store, embed_dim=256, text="linear", epochs=10, lr=1e-3, wd=0.1, batch
     images, texts = store["train"]["img"].float(), store["train"]["txt"].float()  # (N, V, D), (5N, W)
     if limit:
         images, texts = images[:limit], texts[: 5 * limit]
+    images = images[:, None] if images.dim() == 2 else images  # (N, V, D)
     images = images[:, : views or images.shape[1]]
     per_image = torch.arange(len(texts)).view(len(images), 5)[:, :captions]
     heads = Heads(embed_dim, text, rank, mlp)
@@ -120,13 +105,7 @@ def train(store, embed_dim=256, text="linear", epochs=10, lr=1e-3, wd=0.1, batch
                 * heads.encode_image(images[rows, view])
                 @ heads.encode_text(texts[per_image[rows, pick]]).T
             )
-            target = torch.arange(len(rows))
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-            loss = loss + anchor * heads.penalty()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            loss = contrastive_step(optimizer, schedule, logits, anchor * heads.penalty())
     return heads.eval(), float(loss)
 
 
@@ -136,7 +115,8 @@ _PROMPTS: dict = {}
 @torch.no_grad()
 def gap_means(store, heads):
     train = store["train"]
-    return heads.encode_image(train["img"][:, 0]).mean(0), heads.encode_text(train["txt"]).mean(0)
+    images = train["img"][:, 0] if train["img"].dim() == 3 else train["img"]
+    return heads.encode_image(images).mean(0), heads.encode_text(train["txt"]).mean(0)
 
 
 @torch.no_grad()
@@ -145,7 +125,8 @@ def evaluate(model, store, heads, choice=None, center=False) -> dict:
     from clipforge.recipes.prompts import prompts_for
 
     held = store["held"]
-    r = recall_at_k(heads.encode_image(held["img"][:, 0]), heads.encode_text(held["txt"]), held["cap_img"])
+    held_images = held["img"][:, 0] if held["img"].dim() == 3 else held["img"]  # (N, D)
+    r = recall_at_k(heads.encode_image(held_images), heads.encode_text(held["txt"]), held["cap_img"])
     out = {"t2i": [round(100 * r[f"image_retrieval_recall@{k}"], 1) for k in (1, 5, 10)]}
     for name in VALIDATION:
         c = choice if not isinstance(choice, dict) else choice.get(name)

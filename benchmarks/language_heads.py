@@ -48,19 +48,21 @@ def text_features(model, texts: list[str]) -> torch.Tensor:
     return out
 
 
-def cache(count: int, path: str) -> None:
+def cache(count: int, path: str, size: int | None = None, views: int = 1) -> None:
+    """`count` train images (at most the 5,500 left after the hold-out) at `size` px (None: the preset's); with
+    `views` > 1 the train features are (N, V, D): view 0 plain, then random resized crops + flips."""
     from clipforge.recipes.flickr import hold_out, load_flickr8k
     from clipforge.recipes.frozen import image_feature_cache, view_config
     from clipforge.recipes.unseen import SHARED, UNSEEN_SETS, load_set
 
     model = towers()
     train, held = hold_out(load_flickr8k(SHARED / "flickr8k", "train"), 500, 0)
-    train = train.subset(torch.arange(count))
-    augment, store = view_config(model), {}
-    for name, part in (("held", held), ("train", train)):
-        images = image_feature_cache(model, part.images, 1, augment, progress=False)[:, 0]
+    train = train.subset(torch.arange(min(count, len(train))))
+    augment, store = view_config(model, size), {"size": size}
+    for name, part, count_views in (("held", held, 1), ("train", train, views)):
+        images = image_feature_cache(model, part.images, count_views, augment, progress=False)
         store[name] = {
-            "img": images,
+            "img": images[:, 0] if count_views == 1 else images,
             "txt": text_features(model, part.flat_captions),
             "cap_img": part.caption_image,
         }
@@ -95,6 +97,17 @@ class Heads(nn.Module):
         return F.normalize(self.text(features.float()), dim=-1)
 
 
+def contrastive_step(optimizer, schedule, logits: torch.Tensor, extra: torch.Tensor | float = 0.0):
+    """CLIP's symmetric cross-entropy on (B, B) logits (+ `extra`), one optimizer and schedule step; the loss."""
+    target = torch.arange(len(logits))
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2 + extra
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return loss.detach()
+
+
 def train_heads(store, embed_dim=256, epochs=30, lr=1e-3, wd=0.1, batch=256, standardize=False,
                 text_identity=False, temperature=None, dropout=0.0, mlp=False, one_caption=False, seed=0):  # fmt: skip
     torch.manual_seed(seed)
@@ -125,12 +138,7 @@ def train_heads(store, embed_dim=256, epochs=30, lr=1e-3, wd=0.1, batch=256, sta
                 * heads.encode_image(x)
                 @ heads.encode_text(texts[captions[rows, pick]]).T
             )
-            target = torch.arange(len(rows))
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            loss = contrastive_step(optimizer, schedule, logits)
     return heads.eval(), float(loss)
 
 
