@@ -414,6 +414,33 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return checkpoint
 
 
+def check_state_dict(
+    expected: dict[str, Tensor],
+    tensors: dict[str, Tensor],
+    source: str | os.PathLike,
+    architecture: str,
+    droppable: tuple[str, ...] = (),
+) -> None:
+    """Raise unless `tensors` has exactly the keys and shapes of `expected` (a module's state_dict).
+
+    BatchNorm's `num_batches_tracked` may be missing; file tensors whose names start with `droppable`
+    may be extra. The message names the first keys and the counts."""
+    missing = [k for k in expected if k not in tensors and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in tensors if k not in expected and not k.startswith(droppable)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: state_dict does not match the {architecture} architecture: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    for key, value in expected.items():
+        if key in tensors and tuple(tensors[key].shape) != tuple(value.shape):
+            raise ValueError(
+                f"{source}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                f"the config needs {tuple(value.shape)}"
+            )
+
+
 def model_from_state(
     config: CLIPConfig, state_dict: dict[str, Tensor], source: str | os.PathLike, own_vocabulary: bool = False
 ) -> CLIP:
@@ -430,20 +457,7 @@ def model_from_state(
     with torch.device("cpu" if external else "meta"):
         model = CLIP(config)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: state_dict does not match the {describe(config)} architecture: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
-        )
-    for key, value in expected.items():
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape):
-            raise ValueError(
-                f"{source}: tensor {key!r} has shape {tuple(state_dict[key].shape)}, "
-                f"the config needs {tuple(value.shape)}"
-            )
+    check_state_dict(expected, state_dict, source, describe(config))
     full = dict(state_dict)
     for key in expected:
         full.setdefault(key, torch.zeros((), dtype=torch.long))

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from clipforge.checkpoints.efficientnet_pytorch import efficientnet_pytorch_to_timm, is_efficientnet_pytorch
-from clipforge.checkpoints.io import is_safetensors, read_safetensors, torch_load_safe
+from clipforge.checkpoints.io import check_state_dict, is_safetensors, read_safetensors, torch_load_safe
 from clipforge.local_weights import resolve_weights
 from clipforge.models.config import TextConfig
 
@@ -48,18 +48,7 @@ def _load_exact(
 ) -> None:
     """Load all of `module`'s tensors; file tensors the module lacks may only start with `droppable`."""
     expected = module.state_dict()
-    extra = [k for k in tensors if k not in expected and not k.startswith(droppable)]
-    missing = [k for k in expected if k not in tensors and not k.endswith("num_batches_tracked")]
-    if extra or missing:
-        raise ValueError(
-            f"{source}: does not match the {type(module).__name__} architecture: missing {missing[:4]} "
-            f"({len(missing)}), unexpected {extra[:4]} ({len(extra)})"
-        )
-    for key, value in expected.items():
-        if key in tensors and tuple(tensors[key].shape) != tuple(value.shape):
-            raise ValueError(
-                f"{source}: {key} has shape {tuple(tensors[key].shape)}, the model needs {tuple(value.shape)}"
-            )
+    check_state_dict(expected, tensors, source, type(module).__name__, droppable)
     module.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False)
 
 
