@@ -71,7 +71,7 @@ def _hf_from_pretrained(shallow: bool):
 @cache
 def _shallow_timm_kwargs(model_name: str) -> dict:
     """timm's own arguments for one block per stage: `depth` (ViT, EVA, PE, ViTamin), or `depths` / `layers`
-    with one entry per stage (ConvNeXt, FastViT)."""
+    with one entry per stage (ConvNeXt, FastViT, Swin)."""
     from timm.models import create_model  # not `timm.create_model`, which shallow_towers patches
 
     with torch.device("meta"):
@@ -81,7 +81,8 @@ def _shallow_timm_kwargs(model_name: str) -> dict:
         return {"depth": 1}
     for key in ("depths", "layers"):
         if key in params:
-            return {key: (1,) * len(trunk.stages)}
+            stages = trunk.stages if hasattr(trunk, "stages") else trunk.layers  # Swin: `layers`
+            return {key: (1,) * len(stages)}
     raise ValueError(f"timm model {model_name!r}: no depth argument to make it shallow")
 
 
