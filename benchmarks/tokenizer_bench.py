@@ -195,12 +195,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         limits = {name: 1000 for name in CORPORA}
     rounds = 1 if args.smoke else args.rounds
+    load_before = os.getloadavg()[0]
     rows = benchmark(limits, args.batch_size, rounds)
-    report = {"machine": machine_info(1), "batch_size": args.batch_size, "rounds": rounds, "rows": rows}
+    load = {"before": round(load_before, 1), "after": round(os.getloadavg()[0], 1)}
+    report = {
+        "machine": machine_info(1),
+        "load_average": load,
+        "batch_size": args.batch_size,
+        "rounds": rounds,
+    }
+    report["rows"] = rows
     summary = (
         SUMMARY.format(batch_size=args.batch_size, rounds=rounds)
         + markdown_table(rows)
-        + f"\nMachine: {report['machine']['cpu']}, {os.cpu_count()} cores shared with other jobs.\n"
+        + f"\nMachine: {report['machine']['cpu']}, {os.cpu_count()} cores shared with other jobs "
+        f"(1-minute load average {load['before']} at the start, {load['after']} at the end: ratios are "
+        "interleaved in one process, absolute rates are the loaded host's).\n"
     )
     paths = write_results(args.out, "tokenizer_smoke" if args.smoke else "tokenizer", report, summary)
     print(summary)

@@ -1,5 +1,5 @@
 """--backend {auto,torch,onnx}: every backend gives PyTorch's outputs within 1e-5 (fp32), in the library and
-through `clipforge classify` / `clipforge embed` on real CIFAR-10 images."""
+through `clipforge classify` / `clipforge embed` / `clipforge serve` on real CIFAR-10 images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import clipforge  # noqa: E402
-from clipforge.apps.backend import OnnxImageCLIP, use_backend  # noqa: E402
+from clipforge.apps.backend import BACKENDS, OnnxImageCLIP, use_backend  # noqa: E402
 
 TOL = 1e-5
 
@@ -108,3 +108,43 @@ def test_auto_warns_and_keeps_pytorch_when_the_export_fails(monkeypatch):
         assert not isinstance(use_backend(model, "auto"), OnnxImageCLIP)
     with pytest.raises(RuntimeError, match="cannot trace"):
         use_backend(model, "onnx")
+
+
+def test_backend_flag_on_the_commands_that_run_the_image_tower():
+    from clipforge.commands import classify, embed, export_onnx, search, serve
+
+    for command in (classify, embed, serve):
+        actions = {a.dest: a for a in command.build_parser()._actions}
+        assert actions["backend"].default == "auto" and tuple(actions["backend"].choices) == BACKENDS
+    for command in (search, export_onnx):  # one image at most / no tower run: nothing to choose
+        assert "backend" not in {a.dest for a in command.build_parser()._actions}
+
+
+def test_serve_classify_and_embed_agree_across_backends(checkpoint_and_images):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from clipforge.apps.serve import create_app
+    from clipforge.checkpoints import load_any
+    from clipforge.transforms import Preprocess
+
+    checkpoint, folder = checkpoint_and_images
+    reference = load_any(checkpoint).eval()
+    images = [path.read_bytes() for path in sorted(folder.rglob("*.jpg"))[:3]]
+    answers = {}
+    for backend in ("torch", "onnx", "auto"):
+        app = create_app(use_backend(reference, backend), Preprocess(reference.config.preprocess))
+        with TestClient(app) as client:
+            assert client.get("/health").json()["backend"] == ("torch" if backend == "torch" else "onnx")
+            upload = [{"image": ("x.jpg", data, "image/jpeg")} for data in images]
+            embeddings = [client.post("/embed", files=f).json()["embedding"] for f in upload]
+            probs = []
+            for f in upload:
+                ranked = client.post("/classify", files=f, data={"labels": "airplane,cat,ship"}).json()[
+                    "labels"
+                ]
+                probs.append([p["prob"] for p in sorted(ranked, key=lambda p: p["label"])])
+        answers[backend] = np.array(embeddings), np.array(probs)
+    for backend in ("onnx", "auto"):
+        for got, want in zip(answers[backend], answers["torch"], strict=True):
+            np.testing.assert_allclose(got, want, atol=TOL, rtol=0)

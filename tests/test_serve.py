@@ -138,12 +138,21 @@ def test_image_search_finds_itself_and_thumbnail_serves(client, index_dir):
     assert both.status_code == 200 and len(both.json()["results"]) == 12
 
 
-def test_concurrent_requests_are_micro_batched(model, index_dir, shared_data):
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_concurrent_requests_are_micro_batched(model, index_dir, shared_data, backend):
+    """The same batching, and PyTorch's features within 1e-5, whichever backend runs the image tower."""
     import httpx
 
+    from clipforge.apps.backend import use_backend
+
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
     rows = cifar_rows(shared_data, "test")[:16]
     images = [(shared_data / "cifar10" / r["path"]).read_bytes() for r in rows]
-    app = create_app(model, Preprocess(model.config.preprocess), index_dir, ServeLimits(max_wait_ms=50))
+    served_model = use_backend(model, backend)
+    assert getattr(served_model, "backend", "torch") == backend
+    limits = ServeLimits(max_wait_ms=50)
+    app = create_app(served_model, Preprocess(model.config.preprocess), index_dir, limits)
     preprocess = Preprocess(model.config.preprocess)
 
     async def go():
@@ -157,6 +166,7 @@ def test_concurrent_requests_are_micro_batched(model, index_dir, shared_data):
 
     served, health = asyncio.run(go())
     stats = health["batching"]["image"]
+    assert health["backend"] == backend
     assert stats["items"] == 16 and stats["largest_batch"] > 1 and stats["batches"] < 16
     with torch.inference_mode():
         batch = torch.stack([preprocess(Image.open(io.BytesIO(d)).convert("RGB")) for d in images])

@@ -27,7 +27,7 @@ from clipforge.tokenizer import (
     write_hf_tokenizer_files,
 )
 from clipforge.tokenizer.bpe import load_vocab
-from clipforge.tokenizer.clean import WORD_PATTERN, clean_text, ftfy_unchanged, is_plain
+from clipforge.tokenizer.clean import WORD_PATTERN, all_ftfy_unchanged, clean_text, ftfy_unchanged, is_plain
 
 REFERENCE = open_clip.tokenizer._tokenizer  # open_clip's SimpleTokenizer behind open_clip.tokenize
 SHARED = Tokenizer()
@@ -204,6 +204,63 @@ def test_fast_path_covers_common_non_ascii_text():
         assert ftfy_unchanged(text), text
     for text in ["cafÃ© Ã©tÃ©", "“curly”", "ﬁne", "ｆｕｌｌ", "a&amp;b", "e\u0301", "line\nbreak"]:
         assert not ftfy_unchanged(text), text
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts=st.lists(
+        st.text(st.sampled_from("日本語中文字符かなカナ한국어éèüßñ🐶❤️ab \u3000\u0301."), max_size=30),
+        max_size=8,
+    )
+)
+def test_batch_ftfy_check_implies_each_text(texts):
+    """The one-pass batch test never passes a batch holding a text the per-text test refuses."""
+    if all_ftfy_unchanged(texts):
+        assert all(map(ftfy_unchanged, texts))
+    if texts and all(map(ftfy_unchanged, texts)) and not any(map(clean._FAST_PATH[1].search, texts)):
+        assert all_ftfy_unchanged(texts)  # and it is the same test where no detector character is involved
+
+
+def test_batch_ftfy_check_covers_the_non_ascii_corpora():
+    texts = ["日本語のテキスト、中文字符和한국어", "Crème brûlée, naïve café", "emoji 🐶🐱🚀 🇫🇷 ❤️", "straße"]
+    assert all_ftfy_unchanged(texts)
+    greek = [
+        "ΣΑΣ",
+        "ΑΣ ΣΑ",
+        "ΣΣ",
+        "ΜΑΣ ΣΑΣ",
+        *texts,
+    ]  # the batch is lower-cased at once: final sigma stays per text
+    assert all_ftfy_unchanged(greek) and torch.equal(Tokenizer()(greek), reference_rows(greek))
+    assert not all_ftfy_unchanged([*texts, "e\u0301"]) and not all_ftfy_unchanged([*texts, "a&amp;b"])
+
+
+CUT_WORDS = st.text(
+    st.sampled_from("日本語中文字符漢字かなカナ한국어éèàüñçßøжΣς🐶🐱🚀\u200d\ufe0f\u0301ab1."), min_size=1
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(CUT_WORDS, min_size=1, max_size=20))
+def test_rust_pieces_merge_like_python(texts):
+    """Words cut where no merge can cross give the Python BPE's ids (and the cut is really taken)."""
+    from clipforge.tokenizer.bpe import word_to_ids
+    from clipforge.tokenizer.rust_bpe import RustMergeMany
+
+    vocab = load_vocab()
+    words = list(dict.fromkeys(w for t in texts for w in WORD_PATTERN.findall(t)))
+    merge = RustMergeMany()
+    assert merge(words) == [word_to_ids(w, vocab) for w in words]
+    assert merge(words[::-1]) == [word_to_ids(w, vocab) for w in words[::-1]]  # cached pieces
+
+
+def test_cjk_words_are_cut_into_pieces():
+    from clipforge.tokenizer.rust_bpe import crossing_pairs, split_pieces
+
+    words = ["日本語のテキスト", "中文字符和한국어", "cat", "café"]
+    cut = split_pieces(words, crossing_pairs(load_vocab()))
+    assert set(cut) >= {"日本語のテキスト", "中文字符和한국어"} and "cat" not in cut
+    assert all("".join(pieces) == word and len(pieces) > 1 for word, pieces in cut.items())
 
 
 @pytest.mark.parametrize("bpe", BPE_KINDS)

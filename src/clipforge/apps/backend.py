@@ -1,4 +1,4 @@
-"""Which runtime runs a model's towers in the apps (`classify`, `embed`): PyTorch or ONNX Runtime.
+"""Which runtime runs a model's towers in the apps (`classify`, `embed`, `serve`): PyTorch or ONNX Runtime.
 
 The rule `auto` follows, from the measurements in docs/performance.md ("ONNX Runtime and OpenVINO"): on CPU
 with onnxruntime installed, the image tower runs as clipforge's own exported fp32 graph in an onnxruntime
@@ -42,6 +42,10 @@ class OnnxImageCLIP:
         if name.startswith("_"):  # copy/pickle probe attributes before __init__ has run
             raise AttributeError(name)
         return getattr(self._model, name)
+
+    def eval(self) -> OnnxImageCLIP:  # the apps call model.eval(): keep the wrapper, not the bare model
+        self._model.eval()
+        return self
 
     def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:  # (B, 3, S, S) -> (B, E)
         array = images.detach().float().cpu().numpy()

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from clipforge.apps.backend import use_backend
-from clipforge.commands.backend import add_backend_arg
 from clipforge.commands.options import (
     add_model_args,
     load_model_from,
@@ -24,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", required=True, help="'cat,dog,bird' (two or more) or a UTF-8 file with one label per line"
     )
     p.add_argument("--templates", help="'a photo of a {}.|a drawing of a {}.' or a file, one per line")
-    add_model_args(p)
+    add_model_args(p, backend=True)
     p.add_argument("--top-k", type=positive_int, default=3)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument(
@@ -39,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not cache the label embeddings (default: cached under ~/.cache/clipforge)",
     )
-    add_backend_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     return p
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from clipforge.apps.backend import use_backend
-from clipforge.commands.backend import add_backend_arg
 from clipforge.commands.options import add_model_args, load_model_from, model_source, positive_int, user_path
 
 
@@ -24,10 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kind", choices=("image", "text"), default="image")
     p.add_argument("--column", help="table column with the image path (default 'path') or text ('text')")
-    add_model_args(p)
+    add_model_args(p, backend=True)
     p.add_argument("--shard-size", type=positive_int, default=1_000, help="rows per output shard")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-    add_backend_arg(p)
     p.add_argument("--metadata", choices=("parquet", "jsonl"), default="parquet")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--quiet", action="store_true")

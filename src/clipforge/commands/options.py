@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+from clipforge.apps.backend import BACKENDS
 from clipforge.device import DEFAULT_DEVICE
 
 NO_WEIGHTS = (
@@ -54,9 +55,12 @@ def port_number(text: str) -> int:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser, device: bool = True, optional_weights: str = "") -> None:
-    """--checkpoint / --model / --pretrained / --random-weights (+ --device). `optional_weights`: help text
-    saying where the weights come from when none are given (e.g. 'the index's model'); else required."""
+def add_model_args(
+    parser: argparse.ArgumentParser, device: bool = True, optional_weights: str = "", backend: bool = False
+) -> None:
+    """--checkpoint / --model / --pretrained / --random-weights (+ --device, + --backend for the commands that
+    run the image tower over many images: classify, embed, serve). `optional_weights`: help text saying where
+    the weights come from when none are given (e.g. 'the index's model'); else required."""
     group = parser.add_argument_group("model (weights are never chosen for you)")
     group.add_argument(
         "--checkpoint",
@@ -75,6 +79,14 @@ def add_model_args(parser: argparse.ArgumentParser, device: bool = True, optiona
     if device:
         help_ = "auto (CUDA when available, else CPU), cpu, cuda, cuda:1"
         parser.add_argument("--device", default=DEFAULT_DEVICE, help=help_)
+    if backend:
+        parser.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default="auto",
+            help="auto (default): image tower on ONNX Runtime on CPU when onnxruntime is installed, else "
+            "PyTorch; text tower PyTorch (shared prefixes). torch / onnx force one (docs/performance.md)",
+        )
 
 
 def has_weights(args: argparse.Namespace) -> bool:

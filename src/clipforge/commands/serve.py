@@ -1,7 +1,9 @@
 """`clipforge serve`: the web service (classify, embed, search, page) on uvicorn.
 
 With --index and no model flags, it serves the model recorded in the index; SIGTERM/Ctrl-C stop it within
---shutdown-timeout-s (open requests are cancelled after that, queued model work is dropped)."""
+--shutdown-timeout-s (open requests are cancelled after that, queued model work is dropped). --backend
+(default auto) runs the image tower on ONNX Runtime on CPU when onnxruntime is installed (apps.backend);
+the micro-batching is the same for every backend."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from clipforge.commands.options import (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipforge serve", description=__doc__)
-    add_model_args(p, optional_weights="the model recorded in --index")
+    add_model_args(p, optional_weights="the model recorded in --index", backend=True)
     p.add_argument("--index", type=user_path, help="index folder from `clipforge index` (enables /search)")
     p.add_argument("--host", default="127.0.0.1", help="default loopback only; 0.0.0.0 to expose")
     p.add_argument("--port", type=port_number, default=8000)
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     require("fastapi", "clipforge serve")
     uvicorn = require("uvicorn", "clipforge serve")
 
+    from clipforge.apps.backend import use_backend
     from clipforge.apps.provenance import load_recorded
     from clipforge.apps.search import SearchIndex
     from clipforge.apps.serve import ServeLimits, create_app
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model, preprocess = load_recorded(index.model_source, args.device, index.folder / "index.json")
         name = index.model_source
+    model = use_backend(model, args.backend)  # after --threads: an ONNX Runtime session takes torch's count
     app = create_app(model, preprocess, args.index, limits, model_name=str(name))
     uvicorn.run(
         app,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections.abc import Sequence
 
 import ftfy
 import regex
@@ -158,6 +159,22 @@ def ftfy_unchanged(text: str) -> bool:
     if touched.search(text) or not unicodedata.is_normalized("NFC", text):
         return False
     return (mojibake_chars is not None and mojibake_chars.search(text) is None) or not badness.is_bad(text)
+
+
+def all_ftfy_unchanged(texts: Sequence[str]) -> bool:
+    """True only when `ftfy_unchanged(t)` for every text, decided for the batch in one pass (no loop per
+    text): its tests are character searches and NFC, and texts joined by spaces pass them exactly when every
+    text does (a space is a starter that composes and reorders with nothing). Where the mojibake detector
+    itself would be needed, False: the caller then checks text by text."""
+    if _FAST_PATH is None or not texts:
+        return False
+    touched, mojibake_chars = _FAST_PATH
+    if mojibake_chars is None or max(map(len, texts)) >= _MAX_SEGMENT:
+        return False
+    joined = " ".join(texts)
+    if touched.search(joined) or mojibake_chars.search(joined):
+        return False
+    return unicodedata.is_normalized("NFC", joined)
 
 
 def clean_lower(text: str) -> str:

@@ -2,14 +2,16 @@
 
 Fast where it can be without changing a single id:
 - texts that ftfy/HTML cleaning provably leaves unchanged skip it (`clean.clean_lower`: plain ASCII, and
-  most non-ASCII text: CJK, accents, emoji); a batch of plain texts is checked and lower-cased in one go;
+  most non-ASCII text: CJK, accents, emoji); a batch of plain texts, or of texts that all pass the
+  non-ASCII test (`clean.all_ftfy_unchanged`, one pass over the batch), is checked and lower-cased in one go;
 - no word pattern match can contain whitespace, so a cleaned text's ids are the concatenation of the ids of
   its whitespace-separated chunks: each distinct chunk ("dog,") goes through the regex and BPE once, then
   is a dict lookup. A whole batch is one string (texts joined by a separator chunk) split once and looked
   up with `map` + `chain` + `np.fromiter` in C: no Python loop per text or per chunk;
-- the new chunks of a batch are learned together, their new words BPE-merged in one call to Rust
-  (`rust_bpe`, HF `tokenizers`) when installed, so a first pass over unseen text (empty caches) is nearly
-  as fast as a warm one;
+- the new chunks of a batch are learned together: split into words by one regex pass over all of them,
+  their new words BPE-merged in one call to Rust (`rust_bpe`, HF `tokenizers`) when installed (long CJK
+  words cut first at boundaries no merge crosses), so a first pass over unseen text (empty caches) is
+  nearly as fast as a warm one;
 - a truncated long text stops after the chunks that can fill its row (a chunk gives at least one id);
 - the output tensor is filled by numpy in one go;
 - the garbage collector is paused while a batch is encoded: the batch allocates many small tuples that all
@@ -40,8 +42,8 @@ from clipforge.tokenizer.bpe import (
     load_vocab,
     word_to_ids,
 )
-from clipforge.tokenizer.clean import WORD_PATTERN, clean_lower
-from clipforge.tokenizer.rust_bpe import rust_available, rust_merge_many
+from clipforge.tokenizer.clean import WORD_PATTERN, all_ftfy_unchanged, clean_lower
+from clipforge.tokenizer.rust_bpe import RustMergeMany, rust_available
 
 DEFAULT_CONTEXT_LENGTH = 77
 
@@ -97,8 +99,10 @@ class Tokenizer:
         self.bpe = "rust" if bpe == "rust" or (bpe == "auto" and rust_available()) else "python"
         self.vocab = load_vocab(self.vocab_path)
         rust = self.bpe == "rust"
-        self._merge_many = rust_merge_many(self.vocab_path) if rust else _python_merge_many(self.vocab)
-        self._word_ids: dict[str, tuple[int, ...]] = {}  # word (a regex match) -> its ids
+        self._merge_many = (
+            RustMergeMany(self.vocab_path, cache_size) if rust else _python_merge_many(self.vocab)
+        )
+        self._word_ids: dict[str, tuple[int, ...]] = {SEPARATOR: _SEPARATOR_IDS}  # word (regex match) -> ids
         self._chunk_ids: dict[str, tuple[int, ...]] = {SEPARATOR: _SEPARATOR_IDS}  # chunk -> ids
 
     def __reduce__(self):  # rebuild from the file in a worker instead of pickling ~50k dict entries
@@ -127,7 +131,7 @@ class Tokenizer:
             ids = self._lookup((joined.lower() if lowered else joined).split())
             if len(self._chunk_ids) + len(self._word_ids) > self.cache_size:
                 self._chunk_ids = {SEPARATOR: _SEPARATOR_IDS}
-                self._word_ids = {}
+                self._word_ids = {SEPARATOR: _SEPARATOR_IDS}
         ends = np.flatnonzero(ids < 0)
         if len(ends) != len(cleaned):
             raise RuntimeError(f"{len(ends)} text separators in a batch of {len(cleaned)}: a tokenizer bug")
@@ -146,7 +150,8 @@ class Tokenizer:
         except TypeError:
             index, bad = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
             raise TypeError(f"texts[{index}] is {type(bad).__name__}, expected str") from None
-        if raw.isascii() and raw.isprintable() and "&" not in raw:  # every text is plain: lower all at once
+        plain = raw.isascii() and raw.isprintable() and "&" not in raw
+        if plain or all_ftfy_unchanged(texts):  # no text changes under cleaning: lower them all at once
             cleaned, lowered = list(texts), True
         else:
             cleaned, lowered = [clean_lower(text) for text in texts], False
@@ -170,15 +175,23 @@ class Tokenizer:
             return np.fromiter(chain.from_iterable(map(known.__getitem__, chunks)), np.int64)
 
     def _learn(self, chunks: set[str]) -> None:
-        """Add `chunks` to the chunk cache: split by the word pattern, new words merged in one call."""
+        """Add `chunks` to the chunk cache: all split by the word pattern in one pass (joined by separator
+        chunks: no match spans whitespace), new words merged in one call, ids cut per chunk with numpy."""
         chunk_list = list(chunks)
-        words = [WORD_PATTERN.findall(chunk) for chunk in chunk_list]
+        words = WORD_PATTERN.findall(
+            " \x00 ".join(chunk_list) + " \x00"
+        )  # each chunk's words, then SEPARATOR
         word_ids = self._word_ids
-        new = list(dict.fromkeys(w for chunk_words in words for w in chunk_words if w not in word_ids))
+        new = [w for w in dict.fromkeys(words) if w not in word_ids]
         if new:
             word_ids.update(zip(new, self._merge_many(new)))
-        for chunk, chunk_words in zip(chunk_list, words):
-            self._chunk_ids[chunk] = tuple(chain.from_iterable(map(word_ids.__getitem__, chunk_words)))
+        ids = np.fromiter(chain.from_iterable(map(word_ids.__getitem__, words)), np.int64)
+        ends = np.flatnonzero(ids < 0)
+        if len(ends) != len(chunk_list):
+            raise RuntimeError(f"{len(ends)} separators for {len(chunk_list)} chunks: a tokenizer bug")
+        flat = ids.tolist()
+        spans = map(slice, [0, *(ends[:-1] + 1).tolist()], ends.tolist())
+        self._chunk_ids.update(zip(chunk_list, map(tuple, map(flat.__getitem__, spans))))
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         """Text of `ids` as OpenAI decodes it (each word followed by a space, trailing space stripped).

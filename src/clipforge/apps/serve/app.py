@@ -284,6 +284,7 @@ def model_router(runner: ModelRunner, limits: ServeLimits, model_name: str, inde
             "status": "ok",
             "model": model_name,
             "embed_dim": runner.model.config.embed_dim,
+            "backend": getattr(runner.model, "backend", "torch"),  # what runs the image tower (apps.backend)
             "index_size": len(index) if index is not None else 0,
             "batching": {"image": runner.images.stats.to_dict(), "text": runner.texts.stats.to_dict()},
             "queued": {"image": runner.images.queued, "text": runner.texts.queued},
