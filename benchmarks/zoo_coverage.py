@@ -8,6 +8,8 @@ For each architecture of `open_clip.list_pretrained()`, driven by open_clip's ow
 - up to `--max-params` parameters: open_clip builds it with random weights, clipforge loads its state_dict by
   name through the open_clip converter, and both embed the same random images and texts: max abs diff;
 - larger: both are built on the meta device and the converted tensor names and shapes must be equal.
+Towers open_clip takes from timm are built by timm on both sides; its Hugging Face text towers (roberta, NLLB)
+get the config.json clipforge records (models/hf_text_configs.py) instead of a download: no internet.
 One architecture at a time (peak memory ~2x its fp32 size). The fraction covered counts tags of architectures
 at parity or shape-checked; the Markdown table gives each architecture's status.
 """
@@ -53,7 +55,7 @@ def refused(name: str) -> dict:
 
 def shape_check(name: str) -> dict:
     reference = random_open_clip(name, device="meta")
-    converted = open_clip_to_clipforge(reference.state_dict())
+    converted = open_clip_to_clipforge(reference.state_dict(), get_config(name))
     theirs = {k: tuple(v.shape) for k, v in converted.items() if not k.endswith("num_batches_tracked")}
     with torch.device("meta"):
         ours = {k: tuple(v.shape) for k, v in CLIP(get_config(name)).state_dict().items()}
@@ -68,7 +70,7 @@ def shape_check(name: str) -> dict:
 @torch.no_grad()
 def parity_check(name: str, seed: int = 0) -> dict:
     reference = random_open_clip(name, seed=seed)
-    state_dict = open_clip_to_clipforge(reference.state_dict())
+    state_dict = open_clip_to_clipforge(reference.state_dict(), get_config(name))
     ours = model_from_state(get_config(name), state_dict, f"<open_clip {name}>").float().eval()
     images, text = zoo_inputs(ours.config, batch=2, seed=seed + 1)
     diffs = compare(ours, reference, images, text)
@@ -134,6 +136,13 @@ def run(
     }
 
 
+def _subset_note(subset: list[str] | str) -> list[str]:
+    if subset == "all":
+        return []
+    return [f"This report re-ran {len(subset)} architectures (`--only {' '.join(subset)}`); the other rows "
+            "are the previous full run's.", ""]  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# open_clip pretrained zoo in clipforge",
@@ -144,9 +153,11 @@ def markdown(report: dict) -> str:
         f"{report['conditions']['max_params_for_parity']:.2g} parameters). Mismatches: "
         f"{', '.join(report['mismatches']) or 'none'}.",
         "",
-        "Reproduce: `PYTHONPATH=src .venv/bin/python -m benchmarks.zoo_coverage` "
+        "Reproduce: `PYTHONPATH=src .venv/bin/python -m benchmarks.zoo_coverage "
+        f"--max-params {report['conditions']['max_params_for_parity']:.2g}` "
         f"(open_clip {report['conditions']['open_clip']}, torch {report['conditions']['torch']}).",
         "",
+        *_subset_note(report["conditions"]["rerun_subset"]),
         "| architecture | tags | params | status | max abs diff / reason |",
         "| --- | --- | --- | --- | --- |",
     ]

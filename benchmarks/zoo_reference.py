@@ -10,8 +10,10 @@ and benchmarks/zoo_coverage.py; needs open_clip (and timm for its timm towers).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import cache
 from unittest import mock
 
 import torch
@@ -24,10 +26,13 @@ SHALLOW_VOCAB = 1000
 
 
 def open_clip_config(name: str, shallow: bool) -> dict:
-    """open_clip's model config for `name` (a copy), cut to one block per tower when `shallow`."""
+    """open_clip's model config for `name` (a copy), cut to one block per tower when `shallow`. An HF text tower
+    is built empty (`hf_model_pretrained` off: random weights, no download)."""
     import open_clip
 
     cfg = json.loads(json.dumps(open_clip.get_model_config(name)))
+    if cfg["text_cfg"].get("hf_model_name"):
+        cfg["text_cfg"]["hf_model_pretrained"] = False
     if shallow:
         vision, text = cfg["vision_cfg"], cfg["text_cfg"]
         vision["layers"] = [1, 1, 1, 1] if isinstance(vision.get("layers"), list) else 1
@@ -37,18 +42,72 @@ def open_clip_config(name: str, shallow: bool) -> dict:
     return cfg
 
 
-@contextmanager
-def _timm_depth(depth: int | None):
-    """timm towers built inside open_clip get `depth` blocks (timm's ViT/EVA constructors take it)."""
-    if depth is None:
-        yield
-        return
-    import open_clip.timm_model as timm_model
+_HF_DEPTH_KEYS = ("num_hidden_layers", "encoder_layers", "decoder_layers")
 
-    real = timm_model.timm.create_model
-    with mock.patch.object(
-        timm_model.timm, "create_model", lambda *a, **k: real(*a, **{**k, "depth": depth})
-    ):
+
+def hf_config_json(config_json: str, shallow: bool) -> str:
+    """An HF text tower's recorded config.json, one layer deep with a SHALLOW_VOCAB vocabulary when `shallow`."""
+    if not shallow:
+        return config_json
+    data = json.loads(config_json)
+    data.update({key: 1 for key in _HF_DEPTH_KEYS if key in data}, vocab_size=SHALLOW_VOCAB)
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def _hf_from_pretrained(shallow: bool):
+    """What open_clip's `AutoConfig.from_pretrained(hf_model_name)` returns here: the config clipforge records
+    for that hub id (models/hf_text_configs.py), never a download."""
+    import transformers
+
+    from clipforge.models.hf_text_configs import HF_TEXT_CONFIGS
+
+    def from_pretrained(name, *args, **kwargs):
+        data = json.loads(hf_config_json(HF_TEXT_CONFIGS[name], shallow))
+        return transformers.AutoConfig.for_model(data.pop("model_type"), **data)
+
+    return from_pretrained
+
+
+@cache
+def _shallow_timm_kwargs(model_name: str) -> dict:
+    """timm's own arguments for one block per stage: `depth` (ViT, EVA, PE, ViTamin), or `depths` / `layers`
+    with one entry per stage (ConvNeXt, FastViT, Swin)."""
+    from timm.models import create_model  # not `timm.create_model`, which shallow_towers patches
+
+    with torch.device("meta"):
+        trunk = create_model(model_name)
+    params = inspect.signature(type(trunk).__init__).parameters
+    if "depth" in params:
+        return {"depth": 1}
+    for key in ("depths", "layers"):
+        if key in params:
+            stages = trunk.stages if hasattr(trunk, "stages") else trunk.layers  # Swin: `layers`
+            return {key: (1,) * len(stages)}
+    raise ValueError(f"timm model {model_name!r}: no depth argument to make it shallow")
+
+
+@contextmanager
+def shallow_towers(shallow: bool = True):
+    """Inside: timm towers (open_clip's and clipforge's alike) are built one block per stage when `shallow`,
+    and open_clip's HF text towers read their config from clipforge's record (shallow too) instead of the Hub."""
+    with ExitStack() as stack:
+        try:
+            import timm
+        except ImportError:
+            timm = None
+        if timm is not None and shallow:
+            real = timm.create_model
+            stack.enter_context(mock.patch.object(
+                timm, "create_model", lambda name, *a, **k: real(name, *a, **{**_shallow_timm_kwargs(name), **k})
+            ))  # fmt: skip
+        try:
+            import transformers
+        except ImportError:
+            transformers = None
+        if transformers is not None:
+            stack.enter_context(
+                mock.patch.object(transformers.AutoConfig, "from_pretrained", _hf_from_pretrained(shallow))
+            )
         yield
 
 
@@ -62,7 +121,7 @@ def random_open_clip(name: str, seed: int = 0, shallow: bool = False, device: st
     cls = open_clip.CustomTextCLIP if custom else open_clip.CLIP
     cfg.pop("multimodal_cfg", None)
     torch.manual_seed(seed)
-    with _timm_depth(1 if shallow else None), torch.device(device):
+    with shallow_towers(shallow), torch.device(device):
         model = cls(**cfg)
     if device == "meta":
         return model
@@ -82,6 +141,7 @@ def clipforge_config(name: str, shallow: bool) -> CLIPConfig:
             config.text,
             layers=1,
             vocab_size=SHALLOW_VOCAB if config.text.hf_tokenizer_name else config.text.vocab_size,
+            hf_config_json=config.text.hf_config_json and hf_config_json(config.text.hf_config_json, True),
         ),
     )
 

@@ -32,11 +32,13 @@ open_clip = pytest.importorskip("open_clip")
 
 TOL = 1e-4
 OPEN_CLIP_NAMES = [name for name in PRESETS if name not in CLIPFORGE_SPECS]
-# open_clip's own towers (not the timm-built SigLIP ones, whose shapes its config does not spell out)
+# open_clip's own towers (not the timm-built SigLIP ones, whose shapes its config does not spell out, nor timm /
+# Hugging Face towers: tests/test_zoo_presets.py checks those)
 NATIVE_NAMES = [
     name
     for name in OPEN_CLIP_NAMES
     if "timm_model_name" not in open_clip.get_model_config(name)["vision_cfg"]
+    and "hf_model_name" not in open_clip.get_model_config(name)["text_cfg"]
 ]
 
 

@@ -21,6 +21,7 @@ from benchmarks.zoo_reference import (
     clipforge_config,
     compare,
     random_open_clip,
+    shallow_towers,
     zoo_inputs,
 )
 from clipforge.checkpoints import load_any, save
@@ -77,13 +78,48 @@ def test_every_pretrained_architecture_is_a_preset_or_refused_with_its_reason():
     assert "CoCa decoder: out of scope" in OPEN_CLIP_UNSUPPORTED["coca_ViT-B-32"]
 
 
-@pytest.mark.parametrize("name", sorted(OPEN_CLIP_SPECS))
+# Presets with a timm image tower or a Hugging Face text tower: one per family runs in the fast suite (seconds
+# each, one block per stage), the others in the slow one; benchmarks/zoo_coverage.py runs them all full-size.
+FAST_ECOSYSTEM_PRESETS = ("ViTamin-S", "EVA02-B-16", "MobileCLIP-S1", "PE-Core-T-16-384", "convnext_base",
+                          "roberta-ViT-B-32", "nllb-clip-base")  # fmt: skip
+
+
+def _ecosystem(spec: dict) -> bool:
+    return spec["vision"]["kind"] == "timm" or spec["text"].get("kind") == "hf"
+
+
+def _preset_params():
+    for name in sorted(OPEN_CLIP_SPECS):
+        slow = _ecosystem(OPEN_CLIP_SPECS[name]) and name not in FAST_ECOSYSTEM_PRESETS
+        yield pytest.param(name, marks=[pytest.mark.slow] if slow else [])
+
+
+def test_every_ecosystem_family_has_a_fast_preset():
+    families = {
+        spec["vision"].get("timm_model_name", "").split("_")[0] or spec["text"].get("hf_model_name")
+        for spec in OPEN_CLIP_SPECS.values()
+        if _ecosystem(spec)
+    }
+    fast = {n: OPEN_CLIP_SPECS[n] for n in FAST_ECOSYSTEM_PRESETS}
+    assert {"eva02", "vitamin", "fastvit", "vit", "convnext", "roberta-base"} <= families
+    assert {s["vision"].get("timm_model_name", "").split("_")[0] for s in fast.values()} >= {
+        "eva02",
+        "vitamin",
+        "fastvit",
+        "vit",
+        "convnext",
+    }
+    assert {s["text"].get("hf_model_name") for s in fast.values()} >= {"roberta-base",
+                                                                       "facebook/nllb-200-distilled-600M"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _preset_params())
 def test_preset_matches_open_clip_one_block_deep(name, tmp_path):
     """open_clip's model saved as open_clip saves it, loaded by name: embeddings, logit scale and bias agree;
     written back, it loads into open_clip strictly with the same outputs."""
     reference = random_open_clip(name, seed=0, shallow=True)
     torch.save(reference.state_dict(), tmp_path / "model.pt")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), shallow_towers():  # timm towers one block per stage, as open_clip's
         warnings.simplefilter("error")  # a name makes everything known: no warning
         ours = load_any(tmp_path / "model.pt", config=clipforge_config(name, shallow=True))
     (tmp_path / "model.pt").unlink()  # hundreds of MB per preset: keep /tmp small
@@ -193,3 +229,30 @@ def test_every_preset_full_size_one_after_another():
         if row["status"] not in ("parity", "shapes"):
             failures[name] = row
     assert not failures, failures
+
+
+def test_open_clip_timm_tower_file_loads_end_to_end(tmp_path, monkeypatch):
+    """A full-size timm-tower model saved by open_clip (PE-Core-T: timm's PE ViT, MAP pooling, timm's own
+    classifier as projection) loads by name through both front doors with parity; without its name it is
+    refused naming what to pass; without timm the error says how to install it."""
+    import clipforge
+
+    reference = random_open_clip("PE-Core-T-16-384", seed=6)
+    path = tmp_path / "pe_core_t.pt"
+    torch.save(reference.state_dict(), path)
+    model, _, preprocess = clipforge.create_model_and_transforms("PE-Core-T-16-384", pretrained=path)
+    loaded, _ = clipforge.load(path, model="PE-Core-T-16-384")
+    images, text = zoo_inputs(model.config, batch=2, seed=7)
+    assert max(compare(model, reference, images, text).values()) <= TOL
+    assert max(compare(loaded, reference, images, text).values()) <= TOL
+    assert model.config.vision.kind == "timm" and model.config.vision.timm_pool == "map"
+    assert preprocess.config == model.config.preprocess and preprocess.config.image_size == 384
+    assert model.config.preprocess.interpolation == "bilinear"  # PE's tags: bilinear, squashed (open_clip)
+    with pytest.raises(ValueError, match="pass the model name"):
+        load_any(path)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # importing timm now fails
+    with pytest.raises(ImportError, match=r"pip install 'clipforge\[towers\]'"):
+        load_any(path, config="PE-Core-T-16-384")
+    path.unlink()

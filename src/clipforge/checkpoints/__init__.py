@@ -95,11 +95,16 @@ def _classify(path: Path, tensors, is_clipforge: bool, wrapped: bool) -> str:
     keys = {k.removeprefix("module.").removeprefix("_orig_mod.") for k in tensors}
     if "text_projection" in keys and "token_embedding.weight" in keys:
         has_prefix = any(k.startswith(("module.", "_orig_mod.")) for k in tensors)
-        return "open_clip" if wrapped or has_prefix else "openai"
+        timm_tower = any(k.startswith("visual.trunk.") for k in keys)  # open_clip's TimmModel, never OpenAI's
+        return "open_clip" if wrapped or has_prefix or timm_tower else "openai"
     if "text.token_embedding.weight" in keys and any(
         k.startswith("text.transformer.resblocks.") for k in keys
     ):
         return "open_clip"  # CustomTextCLIP's layout (SigLIP, ...)
+    from clipforge.checkpoints.open_clip import is_hf_text_layout
+
+    if is_hf_text_layout(dict.fromkeys(keys)):
+        return "open_clip"  # CustomTextCLIP with a Hugging Face text tower (roberta-ViT-B-32, nllb-clip-*)
     if "text.token_embedding.weight" in keys:
         raise ValueError(f"{path}: a clipforge state_dict without its config; save with save_checkpoint")
     if any(k.startswith("text_model.") for k in keys):

@@ -52,6 +52,8 @@ _TRUNK_NAMES = (
 )
 _UNBATCHED = ("positional_embedding", "attn_pool.latent")
 _OPEN_CLIP_ONLY = ("logit_bias", "text_projection.weight")
+# open_clip's TimmModel head and HFTextEncoder: never in OpenAI's layout (a SigLIP trunk has no head)
+_ECOSYSTEM_PREFIXES = ("visual.head.", "text.proj.")
 
 
 def preset_for_state(state_dict: dict[str, Tensor], source: str | os.PathLike) -> CLIPConfig:
@@ -71,11 +73,23 @@ def preset_for_state(state_dict: dict[str, Tensor], source: str | os.PathLike) -
 
 
 def is_open_clip_layout(state_dict: dict[str, Tensor]) -> bool:
-    """OpenAI's flat layout, or open_clip's CustomTextCLIP one ("text.transformer.resblocks.")."""
+    """OpenAI's flat layout, or open_clip's CustomTextCLIP one ("text.transformer.resblocks."; with a Hugging
+    Face text tower: "text.transformer." + "text.proj")."""
     return (
         is_openai_layout(state_dict)
         or "text.token_embedding.weight" in state_dict
         and any(k.startswith("text.transformer.resblocks.") for k in state_dict)
+        or is_hf_text_layout(state_dict)
+    )
+
+
+def is_hf_text_layout(state_dict: dict[str, Tensor]) -> bool:
+    """open_clip's CustomTextCLIP with an HFTextEncoder (roberta-ViT-B-32, nllb-clip-*): no BPE embedding."""
+    return (
+        "logit_scale" in state_dict
+        and "text.token_embedding.weight" not in state_dict
+        and any(k.startswith("text.transformer.") for k in state_dict)
+        and any(k.startswith("visual.") for k in state_dict)
     )
 
 
@@ -88,13 +102,32 @@ def _trunk_to_clipforge(rest: str, value: Tensor) -> tuple[str, Tensor]:
         return "visual.transformer." + rest.replace(".norm1.", ".ln_1.").replace(".norm2.", ".ln_2."), value
     if rest.startswith("attn_pool."):
         return f"visual.{rest}", value
-    raise ValueError(f"unexpected tensor {_TRUNK + rest!r}: not part of a SigLIP-layout timm ViT")
+    raise ValueError(
+        f"unexpected tensor {_TRUNK + rest!r}: not part of a SigLIP-layout timm ViT; for another timm tower "
+        "pass the model name it was built with, e.g. clipforge.load(path, model='EVA02-B-16')"
+    )
 
 
-def open_clip_to_clipforge(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """open_clip names (flat or CustomTextCLIP, native or timm SigLIP image tower) -> clipforge names."""
+def _kept_as_is(key: str, config: CLIPConfig | None) -> bool:
+    """open_clip's TimmModel (visual.trunk/head) and HFTextEncoder (text.transformer/proj) have the same names
+    as clipforge's timm and hf tower kinds; only the config can tell a timm trunk from a SigLIP one."""
+    if config is None:
+        return False
+    return (config.vision.kind == "timm" and key.startswith("visual.")) or (
+        config.text.kind == "hf" and key.startswith("text.")
+    )
+
+
+def open_clip_to_clipforge(
+    state_dict: dict[str, Tensor], config: CLIPConfig | None = None
+) -> dict[str, Tensor]:
+    """open_clip names (flat or CustomTextCLIP; native, timm SigLIP or -- given a `config` of that kind -- any
+    timm image tower; BPE or Hugging Face text tower) -> clipforge names."""
     out, flat = {}, {}
     for key, value in state_dict.items():
+        if _kept_as_is(key, config):
+            out[key] = value
+            continue
         if key.startswith("text.") and key[5:].startswith(_TEXT_PARTS):
             key = key[5:]  # CustomTextCLIP -> CLIP's flat names
         if key.startswith(_TRUNK):
@@ -130,15 +163,18 @@ def writes_timm_trunk(config: CLIPConfig) -> bool:
 
 
 def writes_custom_text(config: CLIPConfig) -> bool:
-    """CustomTextCLIP's layout, for what open_clip's flat CLIP cannot hold (an nn.Linear or no projection)."""
+    """CustomTextCLIP's layout, for what open_clip's flat CLIP cannot hold (an nn.Linear or no projection).
+    (open_clip also loads the flat text names into a CustomTextCLIP: timm towers' text stays flat.)"""
     return writes_timm_trunk(config) or config.text.projection_bias or not config.text.projection
 
 
 def clipforge_to_open_clip(state_dict: dict[str, Tensor], config: CLIPConfig) -> dict[str, Tensor]:
     """clipforge names -> the names `open_clip.create_model(<its config name>)` loads strictly."""
-    trunk, rest = {}, {}
+    kept, trunk, rest = {}, {}, {}
     for key, value in state_dict.items():
-        if writes_timm_trunk(config) and key.startswith("visual."):
+        if _kept_as_is(key, config):
+            kept[key] = value
+        elif writes_timm_trunk(config) and key.startswith("visual."):
             name, tensor = _trunk_from_clipforge(key, value)
             trunk[name] = tensor
         elif key == "text.text_projection" and config.text.projection_bias:
@@ -150,7 +186,7 @@ def clipforge_to_open_clip(state_dict: dict[str, Tensor], config: CLIPConfig) ->
     out = {**clipforge_to_openai(rest), **trunk}
     if writes_custom_text(config):
         out = {(f"text.{k}" if k.startswith(_TEXT_PARTS) else k): v for k, v in out.items()}
-    return out
+    return {**out, **kept}
 
 
 def unwrap_state_dict(obj: Any, source: str | os.PathLike = "<object>") -> dict[str, Tensor]:
@@ -182,10 +218,16 @@ def load_open_clip(path: str | os.PathLike, config: CLIPConfig | None = None) ->
     state_dict = read_open_clip_state_dict(path)
     if not is_open_clip_layout(state_dict):
         raise ValueError(f"{path}: not an open_clip CLIP state_dict; first keys: {list(state_dict)[:5]}")
-    if is_openai_layout(state_dict) and not any(k in state_dict for k in _OPEN_CLIP_ONLY):
+    timm_or_hf = any(k.startswith(_ECOSYSTEM_PREFIXES) for k in state_dict)
+    openai_names = not any(k.startswith(_TRUNK) or k in _OPEN_CLIP_ONLY for k in state_dict)
+    if openai_names and not timm_or_hf and is_openai_layout(state_dict):
         return model_from_openai_state(state_dict, config, path)
+    if config is None and timm_or_hf:
+        raise ValueError(f"{path}: an open_clip model with a timm or Hugging Face tower records no "
+                         "architecture: pass the model name it was built with, e.g. "
+                         "create_model_and_transforms('convnext_base', pretrained=path)")  # fmt: skip
     return model_from_state(config or preset_for_state(open_clip_to_clipforge(state_dict), path),
-                            open_clip_to_clipforge(state_dict), path)  # fmt: skip
+                            open_clip_to_clipforge(state_dict, config), path)  # fmt: skip
 
 
 def save_open_clip(model: CLIP, path: str | os.PathLike) -> Path:

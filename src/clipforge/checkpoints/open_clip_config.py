@@ -7,6 +7,7 @@ with its name (Unsupported), never dropped: a config loaded here builds the mode
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -60,7 +61,8 @@ def recorded_timm_fields(name: str) -> Spec:
 
     if name not in TIMM_TOWER_FIELDS:
         raise Unsupported(
-            f"timm tower {name!r}: needs the timm tower kind (not a SigLIP-layout ViT clipforge knows)"
+            f"timm tower {name!r}: timm_proj 'none' (unprojected features) needs a SigLIP-layout ViT "
+            "clipforge records (TIMM_TOWER_FIELDS); this one is not"
         )
     return dict(TIMM_TOWER_FIELDS[name])
 
@@ -100,12 +102,43 @@ _VISION_UNSUPPORTED = {
 }
 
 
+def _timm_spec(cfg: dict) -> Spec:
+    """open_clip's TimmModel as clipforge's timm tower kind (models/timm_tower.py), field for field. open_clip's
+    timm_proj null (timm's own classifier projects to embed_dim) is clipforge's 'none'; open_clip's 'none'
+    (the trunk's features unprojected) exists only for SigLIP-layout towers, built natively."""
+    name = cfg["timm_model_name"]
+    proj = cfg.get("timm_proj", "linear")  # absent: open_clip's default; null: timm's classifier
+    if proj not in (None, "linear", "mlp"):
+        raise Unsupported(
+            f"timm tower {name!r}: vision_cfg.timm_proj={proj!r} (unprojected trunk features) is only "
+            "implemented for SigLIP-layout ViTs; valid here: null, 'linear', 'mlp'"
+        )
+    _reject(cfg, {"timm_model_pretrained": "ImageNet weights downloaded by timm (clipforge builds towers "
+                  "empty and loads the CLIP checkpoint)",
+                  "patch_dropout": "timm's patch_drop_rate"}, "vision_cfg")  # fmt: skip
+    if not isinstance(cfg.get("image_size", 224), int):
+        raise Unsupported(f"vision_cfg.image_size={cfg['image_size']!r}: only square images")
+    spec: Spec = {"kind": "timm", "image_size": cfg.get("image_size", 224), "width": 0, "layers": 0}
+    spec["timm_model_name"] = name  # width / layers: 0 = the timm trunk decides (not recorded)
+    fields = {
+        "timm_pool": cfg.get("timm_pool", "avg"),
+        "timm_proj": "none" if proj is None else proj,
+        "timm_proj_bias": bool(cfg.get("timm_proj_bias") or False),
+        "timm_drop": float(cfg.get("timm_drop") or 0.0),
+        "timm_drop_path": None if cfg.get("timm_drop_path") is None else float(cfg["timm_drop_path"]),
+    }
+    defaults = {"timm_pool": "avg", "timm_proj": "linear", "timm_proj_bias": False, "timm_drop": 0.0,
+                "timm_drop_path": None}  # fmt: skip
+    spec.update({key: value for key, value in fields.items() if value != defaults[key]})
+    return spec
+
+
 def vision_spec(cfg: dict, embed_dim: int, quick_gelu: bool, timm_fields: TimmFields) -> Spec:
     _check_known(cfg, _VISION_OPTIONS, "vision_cfg")
     _reject(cfg, _VISION_UNSUPPORTED, "vision_cfg")
     if cfg.get("timm_model_name"):
-        if (cfg.get("timm_pool"), cfg.get("timm_proj")) != ("map", "none"):
-            raise Unsupported(f"timm tower {cfg['timm_model_name']!r}: needs the timm tower kind")
+        if (cfg.get("timm_pool", "avg"), cfg.get("timm_proj", "linear")) != ("map", "none"):
+            return _timm_spec(cfg)
         fields = timm_fields(cfg["timm_model_name"])
         if fields["width"] != embed_dim:
             raise Unsupported(
@@ -155,10 +188,45 @@ _TEXT_UNSUPPORTED = {
 }
 
 
+_HF_SIZES = {  # clipforge's TextConfig fields <- the config.json keys of each model type
+    "m2m_100": ("vocab_size", "d_model", "encoder_attention_heads", "encoder_layers"),
+    "default": ("vocab_size", "hidden_size", "num_attention_heads", "num_hidden_layers"),
+}
+
+
+def _hf_text_spec(cfg: dict) -> Spec:
+    """open_clip's HFTextEncoder as clipforge's hf text kind (models/hf_text.py), its architecture from the
+    config.json recorded in models/hf_text_configs.py (open_clip downloads it)."""
+    from clipforge.models.hf_text_configs import HF_TEXT_CONFIGS
+
+    name = cfg["hf_model_name"]
+    if name not in HF_TEXT_CONFIGS:
+        raise Unsupported(
+            f"HF text tower {name!r}: its architecture (config.json) is not recorded in clipforge "
+            f"(models/hf_text_configs.py knows {', '.join(sorted(HF_TEXT_CONFIGS))})"
+        )
+    pooler, proj = cfg.get("hf_pooler_type", "mean_pooler"), cfg.get("hf_proj_type", "mlp")
+    if pooler not in ("mean_pooler", "cls_pooler", "cls_last_hidden_state_pooler"):
+        raise Unsupported(f"text_cfg.hf_pooler_type={pooler!r}: valid: mean_pooler, cls_pooler, "
+                          "cls_last_hidden_state_pooler")  # fmt: skip
+    if proj not in (None, "linear", "mlp"):
+        raise Unsupported(f"text_cfg.hf_proj_type={proj!r}: valid: null (identity), 'linear', 'mlp'")
+    hf_config = json.loads(HF_TEXT_CONFIGS[name])
+    keys = _HF_SIZES.get(hf_config["model_type"], _HF_SIZES["default"])
+    vocab_size, width, heads, layers = (hf_config[key] for key in keys)
+    spec: Spec = {"context_length": cfg.get("context_length", 77), "vocab_size": vocab_size, "width": width,
+                  "heads": heads, "layers": layers, "kind": "hf", "hf_model_name": name,
+                  "hf_config_json": HF_TEXT_CONFIGS[name], "hf_pooler_type": pooler,
+                  "hf_proj_type": "none" if proj is None else proj}  # fmt: skip
+    if cfg.get("hf_tokenizer_name"):
+        spec["hf_tokenizer_name"] = cfg["hf_tokenizer_name"]
+    return spec
+
+
 def text_spec(cfg: dict, quick_gelu: bool) -> Spec:
     _check_known(cfg, _TEXT_OPTIONS, "text_cfg")
     if cfg.get("hf_model_name"):
-        raise Unsupported(f"HF text tower {cfg['hf_model_name']!r}: needs the transformers text tower kind")
+        return _hf_text_spec(cfg)
     _reject(cfg, _TEXT_UNSUPPORTED, "text_cfg")
     spec: Spec = {
         key: cfg[key] for key in ("context_length", "vocab_size", "width", "heads", "layers") if key in cfg

@@ -126,9 +126,11 @@ def _preset_shapes(name: str) -> frozenset:
 
 
 def presets_with_shapes(state_dict: dict[str, Tensor]) -> list[CLIPConfig]:
-    """The presets whose models have exactly these (clipforge) tensor names and shapes."""
+    """The presets whose models have exactly these (clipforge) tensor names and shapes (towers of clipforge's
+    own kinds: a timm or Hugging Face tower is not guessed from shapes, the caller names it)."""
     shapes = frozenset((k, tuple(v.shape)) for k, v in state_dict.items() if "num_batches" not in k)
-    return [PRESETS[name] for name in PRESETS if _preset_shapes(name) == shapes]
+    native = [name for name, p in PRESETS.items() if p.vision.kind != "timm" and p.text.kind != "hf"]
+    return [PRESETS[name] for name in native if _preset_shapes(name) == shapes]  # timm/HF towers: by name
 
 
 def _config_from_shapes(sd: dict[str, Tensor], activation: Activation) -> CLIPConfig:

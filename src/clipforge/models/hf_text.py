@@ -1,4 +1,4 @@
-"""Text tower backed by a Hugging Face `transformers` encoder (BERT, RoBERTa, MiniLM, ...).
+"""Text tower backed by a Hugging Face `transformers` encoder (BERT, RoBERTa, MiniLM, NLLB's encoder, ...).
 
 Like open_clip's HFTextEncoder: the encoder's token states are pooled (`hf_pooler_type`) and projected
 (`hf_proj_type`) into the joint space; the attention mask is `ids != pad_token_id`. The architecture is
@@ -37,7 +37,12 @@ def build_hf_encoder(config_json: str, add_pooling_layer: bool) -> nn.Module:
     kwargs = (
         {"add_pooling_layer": add_pooling_layer} if model_type in ("bert", "roberta", "xlm-roberta") else {}
     )
-    return transformers.AutoModel.from_config(hf_config, **kwargs)
+    model = transformers.AutoModel.from_config(hf_config, **kwargs)
+    if getattr(
+        hf_config, "is_encoder_decoder", False
+    ):  # NLLB (M2M-100): its encoder embeds text, as in open_clip
+        return model.get_encoder()
+    return model
 
 
 def masked_pool(hidden: Tensor, mask: Tensor, pooler_type: str, pooler_output: Tensor | None) -> Tensor:
