@@ -224,7 +224,10 @@ def test_every_preset_full_size_one_after_another():
     from benchmarks.zoo_coverage import check
 
     failures = {}
-    for name in OPEN_CLIP_SPECS:
+    # native towers only: with the timm / transformers presets added, this loop took a CI worker past the
+    # machine's 24 GB (OOM-killed). Those presets are tested one block per stage above, PE-Core-T at full size
+    # below, and at full size (<= 1.6e8 parameters) by `python -m benchmarks.zoo_coverage`
+    for name in (n for n, spec in OPEN_CLIP_SPECS.items() if not _ecosystem(spec)):
         row = check(name, max_params=2.5e8)
         if row["status"] not in ("parity", "shapes"):
             failures[name] = row
