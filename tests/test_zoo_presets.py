@@ -91,7 +91,9 @@ def _ecosystem(spec: dict) -> bool:
 def _preset_params():
     for name in sorted(OPEN_CLIP_SPECS):
         slow = _ecosystem(OPEN_CLIP_SPECS[name]) and name not in FAST_ECOSYSTEM_PRESETS
-        yield pytest.param(name, marks=[pytest.mark.slow] if slow else [])
+        # slow ones share the full-size worker: one big model pair in memory at a time (24 GB machines)
+        marks = [pytest.mark.slow, pytest.mark.xdist_group("full_size")] if slow else []
+        yield pytest.param(name, marks=marks)
 
 
 def test_every_ecosystem_family_has_a_fast_preset():
