@@ -226,8 +226,9 @@ def load_open_clip(path: str | os.PathLike, config: CLIPConfig | None = None) ->
         raise ValueError(f"{path}: an open_clip model with a timm or Hugging Face tower records no "
                          "architecture: pass the model name it was built with, e.g. "
                          "create_model_and_transforms('convnext_base', pretrained=path)")  # fmt: skip
-    return model_from_state(config or preset_for_state(open_clip_to_clipforge(state_dict), path),
-                            open_clip_to_clipforge(state_dict, config), path)  # fmt: skip
+    # without a config the preset is found by shapes among native presets, whose names convert the same way
+    converted = open_clip_to_clipforge(state_dict, config)
+    return model_from_state(config or preset_for_state(converted, path), converted, path)
 
 
 def save_open_clip(model: CLIP, path: str | os.PathLike) -> Path:
