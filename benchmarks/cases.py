@@ -6,7 +6,8 @@ case's outputs (features, or the training losses) are saved so that benchmarks.r
 
 CASE = kind:model:batch, kind one of image, text-coco, text-77, train. LIB = clipforge, open_clip,
 transformers (text: padding to the longest in each batch, its default with padding=True),
-transformers-max77 (padding="max_length", like open_clip and OpenAI), or a runtime on clipforge's exported
+transformers-max77 (padding="max_length", like open_clip and OpenAI), clipforge-auto (the model the apps
+run by default: apps.backend.use_backend(model, "auto"), e.g. both towers on OpenVINO), or a runtime on clipforge's exported
 ONNX graphs (benchmarks.onnx_peers: ort-fp32, ort-int8, openvino-fp32, openvino-int8; texts padded to the
 longest in each batch)."""
 
@@ -72,6 +73,11 @@ def load_model(lib: str, model_name: str, weights: Path, inference: bool, image_
 
         model = load_any(weights / f"{model_name}.safetensors")
         return optimize_for_inference(model, inplace=True) if inference else model.train()
+    if lib == "clipforge-auto":  # what classify / embed / serve run by default (apps.backend)
+        from clipforge.apps.backend import use_backend
+        from clipforge.checkpoints import load_any
+
+        return use_backend(load_any(weights / f"{model_name}.safetensors").eval(), "auto")
     if lib == "open_clip":
         import open_clip
 
@@ -91,13 +97,13 @@ def load_model(lib: str, model_name: str, weights: Path, inference: bool, image_
         model = CLIPModel.from_pretrained(weights / f"{model_name}-hf")
         return model.eval() if inference else model.train()
     raise ValueError(
-        f"unknown library {lib!r}; valid: clipforge, open_clip, transformers, transformers-max77, "
+        f"unknown library {lib!r}; valid: clipforge, clipforge-auto, open_clip, transformers, transformers-max77, "
         + ", ".join(PEERS)
     )
 
 
 def tokenize(lib: str, texts: list[str], weights: Path, context_length: int = 77):
-    if lib == "clipforge":
+    if lib.startswith("clipforge"):
         import clipforge
 
         return clipforge.tokenize(texts, context_length=context_length, truncate=True)
@@ -126,7 +132,7 @@ def encode_image_fn(lib: str, model, images: Tensor):
 
 def encode_text_fn(lib: str, model, texts: list[str], weights: Path):
     """(full run, warm-up on the first batch only): each library in batches of TEXT_BATCH texts."""
-    if lib == "clipforge":
+    if lib.startswith("clipforge"):  # eager, or the apps' default backend: the same bulk encoding
         from clipforge.encode import encode_tokens
 
         tokens = tokenize(lib, texts, weights)

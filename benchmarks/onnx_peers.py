@@ -17,20 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from clipforge.apps.runtimes import open_runner, openvino_available, openvino_config
+
 PEERS = ("ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8")
 CALIBRATION_IMAGES = 64
-
-
-def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def available_peers() -> list[str]:
@@ -38,14 +31,14 @@ def available_peers() -> list[str]:
 
 
 def calibration_batches(shared: Path, size: int, n: int = CALIBRATION_IMAGES, batch: int = 8) -> list[Tensor]:
-    """`n` real COCO photos, preprocessed as clipforge does for `size`, in batches (static int8 ranges)."""
+    """The first `n` real COCO photos, preprocessed as clipforge does for `size`, in batches (static int8
+    ranges; apps.backend.calibration_batches, as `--int8-calibration` takes them)."""
+    from clipforge.apps.backend import calibration_batches as batches
     from clipforge.models import PreprocessConfig
-    from clipforge.transforms import Preprocess, load_image
+    from clipforge.transforms import Preprocess
 
     paths = sorted((shared / "coco_captions_mini" / "images").rglob("*.jpg"))[:n]
-    preprocess = Preprocess(PreprocessConfig(image_size=size))
-    images = torch.stack([preprocess(load_image(p, size)) for p in paths])
-    return list(images.split(batch))
+    return batches(paths, Preprocess(PreprocessConfig(image_size=size)), n=n, batch=batch)
 
 
 def prepare_onnx(model_name: str, weights: Path, shared: Path) -> Path:
@@ -73,48 +66,17 @@ class Peer:
         self.lib = lib
         suffix = ".int8.onnx" if lib.endswith("int8") else ".onnx"
         image, text = folder / f"image{suffix}", folder / f"text{suffix}"
-        if lib.startswith("ort"):
-            self._image, self._text = self._ort(image, threads), self._ort(text, threads)
-        else:
-            self._image = self._openvino(image, threads, {"images": image_shape} if image_shape else None)
-            self._text = self._openvino(text, threads, None)
-
-    @staticmethod
-    def _ort(path: Path, threads: int):
-        import onnxruntime as ort
-
-        from clipforge.apps.onnx_export import session_options
-
-        session = ort.InferenceSession(
-            str(path), session_options(threads), providers=["CPUExecutionProvider"]
-        )
-        name = session.get_inputs()[0].name
-        return lambda array: session.run(None, {name: array})[0]
-
-    @staticmethod
-    def _openvino(path: Path, threads: int, shapes: dict | None):
-        import openvino as ov
-
-        core = ov.Core()
-        model = core.read_model(str(path))
-        if shapes:
-            model.reshape(shapes)
-        config = {
-            "INFERENCE_NUM_THREADS": threads,
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-        }
-        compiled = core.compile_model(model, "CPU", config)
-        return lambda array: compiled(array)[0]
+        runtime = "onnxruntime" if lib.startswith("ort") else "openvino"
+        self._image = open_runner(runtime, image, threads, image_shape)  # OpenVINO: static batch
+        self._text = open_runner(runtime, text, threads)
 
     def encode_image(self, images: Tensor) -> Tensor:
-        return torch.from_numpy(np.asarray(self._image(images.numpy())))
+        return torch.from_numpy(self._image(images.numpy()))
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """tokens (B, L) -> (B, E), computing only up to the longest text (EOT = the largest id)."""
         longest = int(tokens.argmax(dim=-1).max()) + 1
-        return torch.from_numpy(np.asarray(self._text(tokens[:, :longest].numpy())))
+        return torch.from_numpy(self._text(tokens[:, :longest].numpy()))
 
 
 def peer_settings(threads: int) -> dict:
@@ -140,10 +102,7 @@ def peer_settings(threads: int) -> dict:
         settings["openvino"] = {
             "version": openvino.__version__,
             "device": "CPU",
-            "INFERENCE_NUM_THREADS": threads,
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
+            **openvino_config(threads),
             "image_shapes": "static (reshaped to the case's batch)",
         }
     return json.loads(json.dumps(settings))

@@ -34,21 +34,22 @@ TEXT_LIBS = ["clipforge", "open_clip", "transformers", "transformers-max77"]
 RUNTIMES = available_peers()  # ONNX Runtime (and OpenVINO when installed) on clipforge's exported graphs
 
 # (case, libraries, repeats): case = kind:model:batch; the first library is the baseline of the ratios
+AUTO = ["clipforge-auto"]  # the apps' default backend, beside clipforge's eager PyTorch
 FULL_CASES = [
-    ("image:ViT-B-32:32", ["clipforge", "open_clip", "transformers", *RUNTIMES], 3),
-    ("image:ViT-B-32:1", ["clipforge", "open_clip", "transformers", *RUNTIMES], 5),
-    ("image:RN50:32", ["clipforge", "open_clip", *RUNTIMES], 3),
-    ("image:RN50:1", ["clipforge", "open_clip", *RUNTIMES], 5),
-    ("text-coco:ViT-B-32:256", [*TEXT_LIBS, *RUNTIMES], 2),
-    ("text-coco:ViT-B-32:32", ["clipforge", "open_clip", "transformers", *RUNTIMES], 3),
-    ("text-coco:ViT-B-32:1", ["clipforge", "open_clip", "transformers", *RUNTIMES], 5),
+    ("image:ViT-B-32:32", ["clipforge", *AUTO, "open_clip", "transformers", *RUNTIMES], 3),
+    ("image:ViT-B-32:1", ["clipforge", *AUTO, "open_clip", "transformers", *RUNTIMES], 5),
+    ("image:RN50:32", ["clipforge", *AUTO, "open_clip", *RUNTIMES], 3),
+    ("image:RN50:1", ["clipforge", *AUTO, "open_clip", *RUNTIMES], 5),
+    ("text-coco:ViT-B-32:256", [*TEXT_LIBS[:1], *AUTO, *TEXT_LIBS[1:], *RUNTIMES], 2),
+    ("text-coco:ViT-B-32:32", ["clipforge", *AUTO, "open_clip", "transformers", *RUNTIMES], 3),
+    ("text-coco:ViT-B-32:1", ["clipforge", *AUTO, "open_clip", "transformers", *RUNTIMES], 5),
     ("text-77:ViT-B-32:32", TEXT_LIBS, 3),
     ("train:ViT-B-32:16", ["clipforge", "open_clip"], 2),
     ("train:demo-cifar:512", ["clipforge", "open_clip"], 3),
 ]
 SMOKE_CASES = [
-    ("image:tiny-resnet:4", ["clipforge", "open_clip", *RUNTIMES], 2),
-    ("text-coco:tiny-vit:16", ["clipforge", "open_clip", "transformers", *RUNTIMES], 2),
+    ("image:tiny-resnet:4", ["clipforge", *AUTO, "open_clip", *RUNTIMES], 2),
+    ("text-coco:tiny-vit:16", ["clipforge", *AUTO, "open_clip", "transformers", *RUNTIMES], 2),
     ("train:demo-cifar:32", ["clipforge", "open_clip"], 2),
 ]
 
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
         prepare_weights({c.split(":")[1] for c, _, _ in cases}, weights)
-        for name in sorted({c.split(":")[1] for c, libs, _ in cases if set(libs) & set(PEERS)}):
-            prepare_onnx(name, weights, SHARED)  # export + int8, once per model
+        for model_name in sorted({c.split(":")[1] for c, libs, _ in cases if set(libs) & set(PEERS)}):
+            prepare_onnx(model_name, weights, SHARED)  # export + int8, once per model
         for case, libs, repeats in tqdm(cases, desc="bench cases"):
             rows += run_case(case, libs, repeats, weights, args.threads, rounds)
             partial = {"machine": machine_info(args.threads), "matmul_peak": peak, "rows": rows}

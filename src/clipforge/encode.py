@@ -34,8 +34,11 @@ def encode_tokens(
     out = torch.empty(tokens.shape[0], model.config.embed_dim, dtype=torch.float32)
     if share_prefixes and getattr(model.text, "shares_prefixes", False):  # exact only for causal EOT towers
         bar = tqdm(total=tokens.shape[0], desc="encode text", disable=not progress, unit="text")
+        forward = (
+            getattr(model, "encode_packed", None) or model.text.forward_packed
+        )  # apps.backend's runtimes
         for pack in pack_prefixes(tokens, texts_per_batch=batch_size):
-            features = model.text.forward_packed(pack)
+            features = forward(pack)
             out[pack.texts] = (F.normalize(features, dim=-1) if normalize else features).float().cpu()
             bar.update(len(pack.texts))
         bar.close()

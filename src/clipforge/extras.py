@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 # module -> (distribution on PyPI, clipforge extra that installs it)
@@ -13,6 +14,7 @@ OPTIONAL = {
     "uvicorn": ("uvicorn", "apps"),
     "onnx": ("onnx", "apps"),
     "onnxruntime": ("onnxruntime", "apps"),
+    "openvino": ("openvino", "openvino"),
     "pyarrow": ("pyarrow", "apps"),
     "ahocorasick": ("pyahocorasick", "curate"),
     "torchvision": ("torchvision", "fast"),
@@ -20,6 +22,14 @@ OPTIONAL = {
     "tensorboard": ("tensorboard", "train"),
     "huggingface_hub": ("huggingface_hub", "hub"),
 }
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (found on the path; not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class MissingExtra(ImportError):

@@ -43,19 +43,40 @@ class TextTower(nn.Module):
         return self.model.encode_text(text)
 
 
+class PackedTextTower(nn.Module):
+    """The text tower on a shared-prefix pack (models.prefix): tokens, positions, mask, eot -> (R, Q, E)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, positions: Tensor, mask: Tensor, eot: Tensor) -> Tensor:
+        return self.model.text.packed_features(tokens, positions, mask, eot)
+
+
+PACKED_INPUTS = ("tokens", "positions", "mask", "eot")
+
+
 def _export(
-    module: nn.Module, example: Tensor, path: Path, input_name: str, output_name: str, dynamic: dict
+    module: nn.Module,
+    example: Tensor | tuple[Tensor, ...],
+    path: Path,
+    input_name: str | tuple[str, ...],
+    output_name: str,
+    dynamic: dict,
 ) -> Path:
     # the exporter restores the wrapper's own mode afterwards: a wrapper left in training mode would put the
     # whole model in training mode (and its BatchNorm statistics would drift on the next forward)
     module.eval()
+    names = (input_name,) if isinstance(input_name, str) else input_name
+    axes = {input_name: dynamic} if isinstance(input_name, str) else dynamic
     torch.onnx.export(
         module,
-        (example,),
+        (example,) if isinstance(example, Tensor) else example,
         str(path),
-        input_names=[input_name],
+        input_names=list(names),
         output_names=[output_name],
-        dynamic_axes={input_name: dynamic, output_name: {0: "batch"}},
+        dynamic_axes={**axes, output_name: axes.get(output_name, {0: "batch"})},
         opset_version=OPSET,
         dynamo=False,  # the TorchScript exporter needs no onnxscript
     )
@@ -249,3 +270,25 @@ def export_image_tower(model: nn.Module, path: str | os.PathLike) -> Path:
         example = torch.randn(2, 3, size, size)
         tower = ImageTower(model).eval()  # the exporter restores the wrapper's mode onto `model` afterwards
         return _export(tower, example, Path(path), "images", "image_features", {0: "batch"})
+
+
+def export_packed_text_tower(model: nn.Module, path: str | os.PathLike) -> Path:
+    """The text tower on shared-prefix packs (`PackedTextTower`; inputs PACKED_INPUTS with dynamic rows,
+    nodes and texts per row), for the apps' runtime backends; `model` (eval, on CPU) is left unchanged."""
+    from clipforge import tokenize
+    from clipforge.models.prefix import pack_prefixes
+
+    if next(model.parameters()).dtype != torch.float32:
+        model = copy.deepcopy(model).float()
+    texts = ["a photo of a cat.", "a photo of a dog on a mat", "a diagram", "x"]
+    pack = next(pack_prefixes(tokenize(texts, model.context_length), row_nodes=12))
+    dynamic = {
+        "tokens": {0: "rows", 1: "nodes"},
+        "positions": {0: "rows", 1: "nodes"},
+        "mask": {0: "rows", 2: "nodes", 3: "nodes"},
+        "eot": {0: "rows", 1: "texts"},
+        "text_features": {0: "rows", 1: "texts"},
+    }
+    example = (pack.tokens, pack.positions, pack.mask, pack.eot)
+    with torch.no_grad():
+        return _export(PackedTextTower(model), example, Path(path), PACKED_INPUTS, "text_features", dynamic)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipforge.apps.backend import use_backend
 from clipforge.commands.options import (
     add_model_args,
+    apply_backend,
     load_model_from,
     positive_int,
     user_path,
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_output_dir(args.move_into, "--move-into")
     paths = collect_images(args.images)
     model, preprocess = load_model_from(args)
-    model = use_backend(model, args.backend)
+    model = apply_backend(args, model, preprocess)
     report = classify_files(
         model,
         preprocess,

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from clipforge.apps.backend import use_backend
-from clipforge.commands.options import add_model_args, load_model_from, model_source, positive_int, user_path
+from clipforge.commands.options import (
+    add_model_args,
+    apply_backend,
+    load_model_from,
+    model_source,
+    positive_int,
+    user_path,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_dir(args.out, "--out")
     plan_source(args.source, args.kind, args.column, args.shard_size)  # a bad source is refused first
     model, preprocess = load_model_from(args)
-    model = use_backend(model, args.backend, images=args.kind == "image")
+    model = apply_backend(args, model, preprocess, images=args.kind == "image", texts=args.kind == "text")
     report = embed_source(
         model,
         preprocess,

@@ -84,9 +84,32 @@ def add_model_args(
             "--backend",
             choices=BACKENDS,
             default="auto",
-            help="auto (default): image tower on ONNX Runtime on CPU when onnxruntime is installed, else "
-            "PyTorch; text tower PyTorch (shared prefixes). torch / onnx force one (docs/performance.md)",
+            help="auto (default): on CPU the image tower runs on OpenVINO when installed, else ONNX Runtime, "
+            "else PyTorch; the text tower on PyTorch (shared prefixes). torch / onnx / openvino force one "
+            "(docs/performance.md)",
         )
+        parser.add_argument(
+            "--int8-calibration",
+            type=user_path,
+            metavar="IMAGES",
+            help="int8 image tower (static: int8 weights, activation ranges from up to 64 of these images, a "
+            "folder or file like your inputs), run by --backend's runtime (auto: OpenVINO, else ONNX Runtime); "
+            "refused if its features drift from fp32's (mean cosine < 0.99)",
+        )
+
+
+def apply_backend(args: argparse.Namespace, model, preprocess, images: bool = True, texts: bool = True):
+    """The model the command runs: `--backend` and `--int8-calibration` applied (apps.backend.use_backend);
+    `images` / `texts`: whether it will run that tower."""
+    from clipforge.apps.backend import calibration_batches, use_backend
+    from clipforge.apps.inputs import collect_images
+
+    calibration = None
+    if args.int8_calibration:
+        if not images:
+            raise ValueError("--int8-calibration quantises the image tower; this command runs only texts")
+        calibration = calibration_batches(collect_images([args.int8_calibration]), preprocess)
+    return use_backend(model, args.backend, images=images, int8_calibration=calibration, texts=texts)
 
 
 def has_weights(args: argparse.Namespace) -> bool:

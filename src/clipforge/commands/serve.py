@@ -11,6 +11,7 @@ import argparse
 
 from clipforge.commands.options import (
     add_model_args,
+    apply_backend,
     has_weights,
     load_model_from,
     model_source,
@@ -50,7 +51,6 @@ def main(argv: list[str] | None = None) -> dict:
     require("fastapi", "clipforge serve")
     uvicorn = require("uvicorn", "clipforge serve")
 
-    from clipforge.apps.backend import use_backend
     from clipforge.apps.provenance import load_recorded
     from clipforge.apps.search import SearchIndex
     from clipforge.apps.serve import ServeLimits, create_app
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model, preprocess = load_recorded(index.model_source, args.device, index.folder / "index.json")
         name = index.model_source
-    model = use_backend(model, args.backend)  # after --threads: an ONNX Runtime session takes torch's count
+    model = apply_backend(args, model, preprocess)  # after --threads: a runtime takes torch's count
     app = create_app(model, preprocess, args.index, limits, model_name=str(name))
     uvicorn.run(
         app,

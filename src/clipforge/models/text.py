@@ -116,8 +116,15 @@ class TextTransformer(nn.Module):
                 f"{self.causal}, pool={self.pool!r}); encode without share_prefixes"
             )
         device = self.token_embedding.weight.device
-        x = self.token_embedding(pack.tokens.to(device))  # (R, N, W)
-        x = x + self.positional_embedding[pack.positions.to(device)].to(x.dtype)
-        x = self.transformer.forward_pooled(x, pack.eot.to(device), mask=pack.mask.to(device))  # (R, Q, W)
-        x = x.reshape(-1, x.shape[-1])[pack.slots.to(device)]  # (T, W)
-        return self.project(self.ln_final(x))  # (T, E)
+        inputs = (pack.tokens, pack.positions, pack.mask, pack.eot)
+        x = self.packed_features(*(t.to(device) for t in inputs))  # (R, Q, E)
+        return x.reshape(-1, x.shape[-1])[pack.slots.to(device)]  # (T, E)
+
+    def packed_features(self, tokens: Tensor, positions: Tensor, mask: Tensor, eot: Tensor) -> Tensor:
+        """A pack's tensors (models.prefix.PrefixPack: tokens, positions (R, N), mask (R, 1, N, N), eot
+        (R, Q)) -> projected features at every EOT slot (R, Q, E); padding slots hold junk. The graph the
+        runtimes run for shared-prefix text encoding (apps.onnx_export.export_packed_text_tower)."""
+        x = self.token_embedding(tokens)  # (R, N, W)
+        x = x + self.positional_embedding[positions].to(x.dtype)
+        x = self.transformer.forward_pooled(x, eot, mask=mask)  # (R, Q, W)
+        return self.project(self.ln_final(x))  # (R, Q, E)
