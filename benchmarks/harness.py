@@ -76,6 +76,43 @@ def matmul_peak_gflops(
     return {"peak_gflops": round(best, 2), "per_size_best_gflops": per_size}
 
 
+def runtime_matmul_peaks(
+    shapes: tuple[tuple[int, int, int], ...] = PEAK_SHAPES, threads: int = 2, repeats: int = 7
+) -> dict[str, float]:
+    """The best fp32 GFLOP/s of one MatMul (a weight initializer, like a Linear) over `shapes` in each
+    installed runtime (apps.runtimes settings), beside torch's: the hardware limit each library's kernels
+    reach here (torch's MKL may not use every vector width a CPU has)."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from clipforge.apps.runtimes import RUNTIMES, open_runner
+    from clipforge.extras import installed
+
+    best = {"torch": matmul_peak_gflops(shapes, repeats)["peak_gflops"]}
+    with tempfile.TemporaryDirectory() as folder:
+        for m, k, n in shapes:
+            weight = numpy_helper.from_array(np.random.randn(k, n).astype(np.float32), "w")
+            graph = helper.make_graph(
+                [helper.make_node("MatMul", ["a", "w"], ["y"])], "matmul",
+                [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight],
+            )  # fmt: skip
+            path = f"{folder}/matmul.onnx"
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+            a = np.random.randn(m, k).astype(np.float32)
+            for runtime in RUNTIMES:
+                if not installed(runtime):
+                    continue
+                run = open_runner(runtime, path, threads)
+                timing = time_fn(lambda run=run, a=a: run(a), repeats=repeats, warmup=2)
+                gflops = round(2 * m * k * n / timing.min_s / 1e9, 2)
+                best[runtime] = max(best.get(runtime, 0.0), gflops)
+    return best
+
+
 def bf16_fp32_ratio(n: int = 512) -> float:
     """How many times slower a bf16 matmul is than fp32 here (>1 means bf16 is slower)."""
     a, b = torch.randn(n, n), torch.randn(n, n)

@@ -17,7 +17,7 @@ pytest.importorskip("openvino")
 
 import clipforge  # noqa: E402
 from benchmarks.cases import coco_captions  # noqa: E402
-from clipforge.apps.backend import BACKENDS, RuntimeCLIP, use_backend  # noqa: E402
+from clipforge.apps.backend import BACKENDS, RuntimeCLIP, auto_order, use_backend  # noqa: E402
 from clipforge.encode import encode_tokens  # noqa: E402
 
 TOL = 1e-5
@@ -38,7 +38,8 @@ def test_backends_give_pytorch_features(name):
         for backend in ("torch", "onnx", "openvino", "auto"):
             model = use_backend(copy.deepcopy(reference), backend)
             assert isinstance(model, RuntimeCLIP) == (backend != "torch")
-            assert getattr(model, "backend", "torch") == ("openvino" if backend == "auto" else backend)
+            expected = auto_order(reference, "image")[0] if backend == "auto" else backend  # ResNet: onnx
+            assert getattr(model, "backend", "torch") == expected
             image = model.encode_image(images, normalize=True)
             assert image.shape == want_image.shape and image.dtype == torch.float32
             assert (image - want_image).abs().max().item() <= TOL, backend
@@ -51,6 +52,13 @@ def test_backends_give_pytorch_features(name):
             assert not reference.training and not model.training  # BatchNorm statistics stay frozen
             state = model.state_dict()  # outputs record the weights' fingerprint: they must not change
             assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
+
+
+def test_auto_order_follows_the_measurements():
+    vit, resnet = clipforge.create_model("tiny-vit"), clipforge.create_model("tiny-resnet")
+    assert auto_order(vit, "image") == auto_order(vit, "text") == ("openvino", "onnx")
+    assert auto_order(resnet, "image") == ("onnx", "openvino")  # ONNX Runtime's fp32 convolutions are faster
+    assert auto_order(resnet, "image", int8=True) == ("openvino", "onnx")  # its int8 ones are not
 
 
 def test_unknown_backend_and_text_only_use():

@@ -138,15 +138,15 @@ def test_image_search_finds_itself_and_thumbnail_serves(client, index_dir):
     assert both.status_code == 200 and len(both.json()["results"]) == 12
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
 def test_concurrent_requests_are_micro_batched(model, index_dir, shared_data, backend):
     """The same batching, and PyTorch's features within 1e-5, whichever backend runs the image tower."""
     import httpx
 
     from clipforge.apps.backend import use_backend
 
-    if backend == "onnx":
-        pytest.importorskip("onnxruntime")
+    if backend != "torch":
+        pytest.importorskip({"onnx": "onnxruntime", "openvino": "openvino"}[backend])
     rows = cifar_rows(shared_data, "test")[:16]
     images = [(shared_data / "cifar10" / r["path"]).read_bytes() for r in rows]
     served_model = use_backend(model, backend)

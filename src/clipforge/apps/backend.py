@@ -2,15 +2,17 @@
 OpenVINO, with the image tower in fp32 or int8.
 
 The rule `auto` follows, from the measurements in docs/performance.md ("The product's default"): on CPU,
-both towers run as clipforge's own exported fp32 graphs on the first runtime of `AUTO_ORDER` that is
-installed: the image tower's graph, and the text tower's graph over shared-prefix packs (models.prefix: the
-same positions PyTorch's bulk encoding computes, on the runtime's kernels) when the tower shares prefixes
-(causal, pooled at EOT; other text towers stay PyTorch). On CUDA, or with neither runtime installed,
-everything stays PyTorch. The model's own weights are never rewritten (outputs record their fingerprint;
-the runtimes fold BatchNorm into the convolutions themselves), so `optimize_for_inference` is not applied.
+both towers run as clipforge's own exported fp32 graphs: the image tower's graph, and the text tower's graph
+over shared-prefix packs (models.prefix: the same positions PyTorch's bulk encoding computes, on the
+runtime's kernels) when the tower shares prefixes (causal, pooled at EOT; other text towers stay PyTorch).
+Each tower takes the first installed runtime of `auto_order`: OpenVINO before ONNX Runtime, except a
+ModifiedResNet image tower in fp32, which ONNX Runtime runs faster (in int8 OpenVINO again: its int8
+convolutions pay where ONNX Runtime's do not). On CUDA, or with neither runtime installed, everything stays
+PyTorch. The model's own weights are never rewritten (outputs record their fingerprint; the runtimes fold
+BatchNorm into the convolutions themselves), so `optimize_for_inference` is not applied.
 
-fp32: each runtime graph is checked against PyTorch before it is used (random images; real-looking texts):
-unit features differ by at most `TOLERANCE`, else an explicit backend is an error and `auto` falls back to
+fp32: each runtime graph is checked against PyTorch before it is used (random images; four texts): unit
+features differ by at most `TOLERANCE`, else an explicit backend is an error and `auto` falls back to
 PyTorch with a warning. int8 (`int8_calibration`: batches of real preprocessed images): the exported image
 graph is quantised statically (apps.onnx_export.quantize_int8: per-channel int8 weights, activation ranges
 from those images) and must keep a mean cosine of at least `INT8_MIN_COSINE` with PyTorch's features on
@@ -34,7 +36,6 @@ from clipforge.apps.runtimes import Runner, open_runner
 Backend = Literal["auto", "torch", "onnx", "openvino"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
 RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend -> apps.runtimes runtime
-AUTO_ORDER = ("openvino", "onnx")  # auto on CPU: the first installed (docs/performance.md)
 TOLERANCE = 1e-5  # max |unit features, runtime - PyTorch| accepted (fp32)
 INT8_MIN_COSINE = 0.99  # mean cosine of int8 features with PyTorch's, on the calibration images
 CALIBRATION_IMAGES = 64
@@ -48,12 +49,12 @@ class RuntimeCLIP:
     names what runs the image tower, e.g. 'openvino' or 'onnx-int8' (the service's /health reports it)."""
 
     def __init__(
-        self, model: nn.Module, backend: str, image: Runner | None, text: Runner | None, runtime: str
+        self, model: nn.Module, image: Runner | None, text: Runner | None, backend: str, text_backend: str
     ):
         self._model = model
         self._image, self._text = image, text
         self.backend = backend if image is not None else "torch"
-        self.text_backend = runtime if text is not None else "torch"
+        self.text_backend = text_backend if text is not None else "torch"
 
     def __getattr__(self, name: str):
         if name.startswith("_"):  # copy/pickle probe attributes before __init__ has run
@@ -92,54 +93,55 @@ def _check_fp32(name: str, got: Tensor, want: Tensor) -> None:
 
 def runtime_model(
     model: nn.Module,
-    backend: str = "onnx",
+    image: str | None = "onnx",
+    text: str | None = "onnx",
     threads: int | None = None,
     int8_calibration: Sequence[Tensor] | None = None,
-    images: bool = True,
-    texts: bool = True,
 ) -> RuntimeCLIP:
-    """Export the image tower (`images`; int8-quantised on `int8_calibration` when given) and the packed
-    text tower (`texts`, when the tower shares prefixes) to temporary files, open them with `backend`'s
-    runtime (`threads`, default torch's) and check them against `model` (ValueError when a check fails:
-    see the module docstring)."""
+    """Export the image tower (when `image` names a runtime backend, 'onnx' or 'openvino'; int8-quantised on
+    `int8_calibration` when given) and the packed text tower (when `text` names one and the tower shares
+    prefixes) to temporary files, open them with those runtimes (`threads`, default torch's) and check them
+    against `model` (ValueError when a check fails: see the module docstring)."""
     from clipforge.apps.onnx_export import export_image_tower, export_packed_text_tower, quantize_int8
     from clipforge.encode import encode_tokens
     from clipforge.tokenizer import tokenizer_for
 
-    if backend not in RUNTIME_OF:
-        raise ValueError(f"backend {backend!r}: a runtime backend is one of {', '.join(RUNTIME_OF)}")
-    runtime, threads = RUNTIME_OF[backend], threads or torch.get_num_threads()
-    texts = texts and getattr(model.text, "shares_prefixes", False)
+    for backend in (image, text):
+        if backend is not None and backend not in RUNTIME_OF:
+            raise ValueError(f"backend {backend!r}: a runtime backend is one of {', '.join(RUNTIME_OF)}")
+    threads = threads or torch.get_num_threads()
+    texts = text is not None and getattr(model.text, "shares_prefixes", False)
+    int8 = image is not None and int8_calibration is not None
     image_run = text_run = None
     with tempfile.TemporaryDirectory(prefix="clipforge-onnx-") as folder:
-        if images:
+        if image is not None:
             path = export_image_tower(model, Path(folder) / "image.onnx")
-            if int8_calibration is not None:
+            if int8:
                 path = quantize_int8(path, calibration=list(int8_calibration))
-            image_run = open_runner(runtime, path, threads)  # the runtimes read the file into memory
+            image_run = open_runner(
+                RUNTIME_OF[image], path, threads
+            )  # the runtimes read the file into memory
         if texts:
-            text_run = open_runner(
-                runtime, export_packed_text_tower(model, Path(folder) / "text.onnx"), threads
-            )
-    int8 = images and int8_calibration is not None
-    wrapped = RuntimeCLIP(model, f"{backend}-int8" if int8 else backend, image_run, text_run, backend)
+            path = export_packed_text_tower(model, Path(folder) / "text.onnx")
+            text_run = open_runner(RUNTIME_OF[text], path, threads)
+    wrapped = RuntimeCLIP(model, image_run, text_run, f"{image}-int8" if int8 else str(image), str(text))
     with torch.inference_mode():
         if texts:
             tokens = tokenizer_for(model)(list(PROBE_TEXTS))
             want = encode_tokens(model, tokens)  # PyTorch's own packed encoding, unit features
-            _check_fp32(f"{backend} text", encode_tokens(wrapped, tokens), want)
-        if images and not int8:
+            _check_fp32(f"{text} text", encode_tokens(wrapped, tokens), want)
+        if image is not None and not int8:
             size = model.config.preprocess.image_size
             probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
             want = model.encode_image(probe, normalize=True).float()
-            _check_fp32(f"{backend} image", wrapped.encode_image(probe, normalize=True), want)
+            _check_fp32(f"{image} image", wrapped.encode_image(probe, normalize=True), want)
         if int8:
             probe = torch.cat(list(int8_calibration))
             want = model.encode_image(probe, normalize=True).float()
             cosine = float((wrapped.encode_image(probe, normalize=True) * want).sum(-1).mean())
             if not cosine >= INT8_MIN_COSINE:
                 raise ValueError(
-                    f"{backend} int8 image features keep a mean cosine of {cosine:.4f} with PyTorch's on the "
+                    f"{image} int8 image features keep a mean cosine of {cosine:.4f} with PyTorch's on the "
                     f"calibration images, below {INT8_MIN_COSINE}: int8 would change results; run fp32"
                 )
     return wrapped
@@ -171,11 +173,24 @@ def calibration_batches(
     return list(torch.stack(images).split(batch))
 
 
-def _auto_backend() -> str | None:
+def auto_order(model: nn.Module, part: str, int8: bool = False) -> tuple[str, ...]:
+    """The runtime backends `auto` tries for a tower (`part`: 'image' or 'text'), the first installed wins
+    (measured: docs/performance.md, benchmarks/results/backend.md)."""
+    from clipforge.models.resnet import ModifiedResNet
+
+    if part == "image" and not int8 and isinstance(getattr(model, "visual", None), ModifiedResNet):
+        return ("onnx", "openvino")
+    return ("openvino", "onnx")
+
+
+def _installed(backend: str) -> bool:
     from clipforge.extras import installed
 
-    needs = {"openvino": ("onnx", "openvino"), "onnx": ("onnx", "onnxruntime")}  # the exporter needs onnx
-    return next((b for b in AUTO_ORDER if all(installed(m) for m in needs[b])), None)
+    return installed("onnx") and installed(RUNTIME_OF[backend])  # the exporter needs onnx
+
+
+def _auto(model: nn.Module, part: str, int8: bool = False) -> str | None:
+    return next((b for b in auto_order(model, part, int8) if _installed(b)), None)
 
 
 def use_backend(
@@ -207,17 +222,21 @@ def use_backend(
             f"backend {backend!r}{' (int8)' if int8 else ''} runs on CPU, the model is on {device}: "
             "use --device cpu, or 'torch' / 'auto' in fp32 there"
         )
-    chosen = backend if backend != "auto" else _auto_backend()
-    if backend != "auto" or int8:
-        if chosen is None:
+    if backend != "auto":
+        image, text = backend if images else None, backend if texts else None
+        return runtime_model(model, image, text, int8_calibration=int8_calibration)
+    image = _auto(model, "image", int8) if images else None
+    text = _auto(model, "text") if texts else None
+    if int8:
+        if image is None:
             raise ImportError("int8 needs onnxruntime or openvino: pip install 'clipforge[apps]'")
-        return runtime_model(model, chosen, int8_calibration=int8_calibration, images=images, texts=texts)
-    if chosen is None:
+        return runtime_model(model, image, text, int8_calibration=int8_calibration)
+    if image is None and text is None:
         return model  # neither runtime installed (the apps extra): PyTorch, as documented
     try:
-        return runtime_model(model, chosen, images=images, texts=texts)
+        return runtime_model(model, image, text)
     except ImportError:
         return model
     except Exception as error:  # an architecture the exporter cannot trace, or outputs that disagree
-        warnings.warn(f"backend auto: {chosen} not used ({error}); running PyTorch", stacklevel=2)
+        warnings.warn(f"backend auto: {image or text} not used ({error}); running PyTorch", stacklevel=2)
         return model
