@@ -72,12 +72,10 @@ def calibration_images(preprocess, n: int = CALIBRATION) -> list[Tensor]:
 
 @torch.inference_mode()
 def zeroshot_top1(
-    encoder, images: Tensor, labels: Tensor, classnames: list[str], templates: list[str], context_length: int
+    encoder, images: Tensor, labels: Tensor, classnames: list[str], templates: list[str], tokenizer
 ) -> float:
-    from clipforge import tokenize
-
     prompts = [t.replace("{}", c) for c in classnames for t in templates]
-    tokens = tokenize(prompts, context_length=context_length, truncate=True)
+    tokens = tokenizer(prompts)  # the model's own (CLIP BPE, or an HF text tower's)
     text = torch.cat([F.normalize(encoder.encode_text(b), dim=-1) for b in tokens.split(256)])
     classifier = F.normalize(text.view(len(classnames), len(templates), -1).mean(1), dim=-1)  # (C, E)
     predictions = [
@@ -97,6 +95,7 @@ def evaluate_checkpoint(path: Path, limit: int | None, threads: int) -> list[dic
     from clipforge.apps.onnx_export import export_towers, quantize_int8
     from clipforge.checkpoints import load_any
     from clipforge.evaluate.datasets import csv_dataset
+    from clipforge.tokenizer import tokenizer_for
     from clipforge.transforms import Preprocess
     from clipforge.zeroshot.templates import get_templates
 
@@ -126,7 +125,7 @@ def evaluate_checkpoint(path: Path, limit: int | None, threads: int) -> list[dic
             images, labels = decoded(dataset)
             for lib, encoder in runtimes.items():
                 top1 = zeroshot_top1(
-                    encoder, images, labels, dataset.classes, templates, model.context_length
+                    encoder, images, labels, dataset.classes, templates, tokenizer_for(model)
                 )
                 row[lib] = round(100 * top1, 2)
             row["chance"] = round(100 / len(dataset.classes), 2)

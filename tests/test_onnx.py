@@ -78,6 +78,26 @@ def test_text_graph_takes_any_length_up_to_the_context(tmp_path):
         assert abs(runtime.encode_text(tokens[:, :length]) - expected).max() <= 1e-5, length
 
 
+def test_hf_text_tower_exports_with_its_own_tokenizer_and_any_length(tmp_path):
+    """A timm + transformers checkpoint (today's demo preset): both towers export (the probes use the model's
+    own tokenizer, not CLIP's BPE), and the BERT graph keeps a dynamic length (no trimmed length baked in)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("timm")
+    from clipforge.tokenizer import tokenizer_for
+
+    torch.manual_seed(0)
+    model = clipforge.create_model("lite0-minilm-space").eval()
+    paths = export_towers(model, tmp_path)
+    runtime = OnnxCLIP(paths["image"], paths["text"])
+    tokens = tokenizer_for(model)(["a photo of a dog.", "x", "a red bicycle leaning on a wall by the sea"])
+    assert tokens.max() < model.text.token_embedding.num_embeddings  # BERT ids, not CLIP BPE ids
+    longest = int((tokens != model.text.pad_token_id).sum(dim=1).max())
+    with torch.no_grad():
+        expected = model.encode_text(tokens).numpy()
+    for length in (longest, longest + 3, tokens.shape[1]):
+        assert abs(runtime.encode_text(tokens[:, :length]) - expected).max() <= 1e-4, length
+
+
 def test_static_int8_is_calibrated_and_close(tmp_path):
     """Static int8: QDQ nodes around the weight-carrying convs/matmuls only; features stay close to fp32."""
     import onnx

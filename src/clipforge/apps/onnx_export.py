@@ -86,12 +86,12 @@ def _export(
 def probe_inputs(model: nn.Module, batch: int = 3, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Random images and three texts (short, long, one character) at the model's own image size and text
     context, for checking an exported model against PyTorch."""
-    from clipforge import tokenize
+    from clipforge.tokenizer import tokenizer_for
 
     size = model.config.preprocess.image_size
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
     texts = ["a dog", "a photo of a big red bicycle on a street.", "x"]
-    return images, tokenize(texts, context_length=model.context_length, truncate=True)
+    return images, tokenizer_for(model)(texts)  # the model's own tokenizer (CLIP BPE, or an HF tower's)
 
 
 def export_towers(
@@ -102,16 +102,16 @@ def export_towers(
     The three files are written under temporary names, checked with onnxruntime against PyTorch on
     `probe_inputs` (ValueError above `atol`; None skips the check), and only then renamed, onnx.json last:
     a failed or interrupted export leaves no file that looks like a finished one."""
-    from clipforge import tokenize
     from clipforge.apps.provenance import weights_id
     from clipforge.fileio import StagedFiles, ensure_dir
+    from clipforge.tokenizer import tokenizer_for
 
     out_dir = ensure_dir(out_dir, "ONNX output folder")
     model = copy.deepcopy(model).float().eval().cpu()
     model.text.trim_to_longest = False  # trimming depends on the values, which a traced graph cannot
     size = model.config.preprocess.image_size
     images = torch.randn(batch, 3, size, size)
-    tokens = tokenize(["a photo of a cat.", "a diagram"][:batch] * max(1, batch // 2), model.context_length)
+    tokens = tokenizer_for(model)(["a photo of a cat.", "a diagram"][:batch] * max(1, batch // 2))
     with StagedFiles() as staged:
         image_tmp, text_tmp = staged.path(out_dir / "image.onnx"), staged.path(out_dir / "text.onnx")
         info_tmp = staged.path(out_dir / "onnx.json")
@@ -275,13 +275,13 @@ def export_image_tower(model: nn.Module, path: str | os.PathLike) -> Path:
 def export_packed_text_tower(model: nn.Module, path: str | os.PathLike) -> Path:
     """The text tower on shared-prefix packs (`PackedTextTower`; inputs PACKED_INPUTS with dynamic rows,
     nodes and texts per row), for the apps' runtime backends; `model` (eval, on CPU) is left unchanged."""
-    from clipforge import tokenize
     from clipforge.models.prefix import pack_prefixes
+    from clipforge.tokenizer import tokenizer_for
 
     if next(model.parameters()).dtype != torch.float32:
         model = copy.deepcopy(model).float()
     texts = ["a photo of a cat.", "a photo of a dog on a mat", "a diagram", "x"]
-    pack = next(pack_prefixes(tokenize(texts, model.context_length), row_nodes=12))
+    pack = next(pack_prefixes(tokenizer_for(model)(texts), row_nodes=12))
     dynamic = {
         "tokens": {0: "rows", 1: "nodes"},
         "positions": {0: "rows", 1: "nodes"},

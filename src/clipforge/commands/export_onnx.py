@@ -89,7 +89,6 @@ def claim_output(out: Path, weights: str, overwrite: bool, int8: bool) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    import clipforge
     from clipforge.apps.onnx_export import (
         OnnxCLIP,
         export_towers,
@@ -102,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     from clipforge.extras import require
     from clipforge.fileio import check_output_dir
     from clipforge.results import markdown_table, write_results
+    from clipforge.tokenizer import tokenizer_for
 
     if args.smoke:
         import torch
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.eval_data:
         images, labels, classes = load_eval_set(Path(args.eval_data), preprocess, args.eval_limit)
         prompts = [args.template.replace("{}", c) for c in classes]
-        class_tokens = clipforge.tokenize(prompts, context_length=model.context_length, truncate=True)
+        class_tokens = tokenizer_for(model)(prompts)  # the model's own tokenizer
         for row in rows:
             row["zeroshot_top1"] = round(
                 zeroshot_accuracy(runtimes[row["variant"]], images, labels, class_tokens), 4

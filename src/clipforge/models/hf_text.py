@@ -93,8 +93,9 @@ class HFTextTower(nn.Module):
 
     def features(self, text: Tensor) -> Tensor:  # (B, L) -> (B, W) pooled, before the projection
         mask = text != self.pad_token_id  # (B, L)
-        longest = int(mask.sum(dim=1).max()) if text.shape[0] else 0
-        text, mask = text[:, : max(longest, 1)], mask[:, : max(longest, 1)]  # exact: padding is masked out
+        if not torch.jit.is_tracing():  # a traced graph (ONNX export) would bake this length in: keep all L
+            longest = int(mask.sum(dim=1).max()) if text.shape[0] else 0
+            text, mask = text[:, : max(longest, 1)], mask[:, : max(longest, 1)]  # exact: padding is masked
         out = self.transformer(input_ids=text, attention_mask=mask.long())
         return masked_pool(out.last_hidden_state, mask, self.pooler_type, getattr(out, "pooler_output", None))
 
