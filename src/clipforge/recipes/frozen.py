@@ -46,7 +46,7 @@ class OnnxTrunk:
     def __init__(self, trunk: nn.Module, image_size: int):
         import tempfile
 
-        import onnxruntime as ort
+        from clipforge.apps.runtimes import onnxruntime_runner
 
         trunk = trunk.eval()
         example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
@@ -55,9 +55,7 @@ class OnnxTrunk:
             path = f"{folder}/trunk.onnx"
             torch.onnx.export(trunk, (example,), path, input_names=["images"], output_names=["features"],
                               dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)  # fmt: skip
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
-            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            self.run = onnxruntime_runner(path, torch.get_num_threads())  # the one way clipforge opens ORT
         with torch.no_grad():
             expected = trunk(example)
         got = self(example)
@@ -66,7 +64,7 @@ class OnnxTrunk:
             raise ValueError(f"onnxruntime trunk differs from PyTorch by {error:.3g}: use engine='torch'")
 
     def __call__(self, images: Tensor) -> Tensor:
-        return torch.from_numpy(self.session.run(None, {"images": images.contiguous().numpy()})[0])
+        return torch.from_numpy(self.run(images.contiguous().numpy()))
 
 
 def trunk_runner(model, image_size: int, engine: str = "auto") -> Callable[[Tensor], Tensor]:
