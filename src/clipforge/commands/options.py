@@ -84,9 +84,9 @@ def add_model_args(
             "--backend",
             choices=BACKENDS,
             default="auto",
-            help="auto (default): on CPU the image tower runs on OpenVINO when installed, else ONNX Runtime, "
-            "else PyTorch; the text tower on PyTorch (shared prefixes). torch / onnx / openvino force one "
-            "(docs/performance.md)",
+            help="auto (default): on CPU both towers run as exported graphs (the text tower's on shared "
+            "prefixes) on OpenVINO when installed, else ONNX Runtime (ModifiedResNet image towers: ONNX Runtime "
+            "first), else PyTorch. torch / onnx / openvino force one (docs/apps.md)",
         )
         parser.add_argument(
             "--int8-calibration",
