@@ -61,6 +61,24 @@ def test_auto_order_follows_the_measurements():
     assert auto_order(resnet, "image", int8=True) == ("openvino", "onnx")  # its int8 ones are not
 
 
+def test_openvino_runners_share_one_core(monkeypatch):
+    """A Core per runner crashed a test worker (SIGSEGV in the interpreter, mid-suite, after a forked DataLoader
+    and several in-process `classify` runs); every runner now compiles on the process's one Core."""
+    import openvino
+
+    from clipforge.apps import runtimes
+
+    made = []
+    real = openvino.Core
+    monkeypatch.setattr(runtimes, "_CORES", [])
+    monkeypatch.setattr(openvino, "Core", lambda: made.append(1) or real())
+    model = clipforge.create_model("tiny-vit").eval()
+    for _ in range(3):
+        runtime = use_backend(model, "openvino")
+        assert runtime.backend == runtime.text_backend == "openvino"
+    assert len(made) == 1 and runtimes.openvino_core() is runtimes.openvino_core()
+
+
 def test_unknown_backend_and_text_only_use():
     model = clipforge.create_model("tiny-vit").eval()
     with pytest.raises(ValueError, match="expected one of auto, torch, onnx, openvino"):

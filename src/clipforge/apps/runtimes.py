@@ -38,6 +38,21 @@ def openvino_config(threads: int | None = None) -> dict:
     }
 
 
+_CORE_LOCK = threading.Lock()
+_CORES: list = []
+
+
+def openvino_core():
+    """The process's one `openvino.Core`: every runner compiles on it. A second Core in one process has been
+    seen to crash it with a segmentation fault after some compiles (a test worker died mid-suite), and one
+    Core is what OpenVINO documents anyway (it owns the plugins and their thread pools)."""
+    ov = require("openvino", "the OpenVINO backend")
+    with _CORE_LOCK:
+        if not _CORES:
+            _CORES.append(ov.Core())
+        return _CORES[0]
+
+
 def onnxruntime_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
     from clipforge.apps.onnx_export import session_options
 
@@ -52,8 +67,7 @@ def openvino_runner(
 ) -> Runner:
     """`shape`: a static input shape to compile for (else the graph's own, dynamic batch). The compiled model
     owns one infer request, so calls are serialised (the service calls from several threads)."""
-    ov = require("openvino", "the OpenVINO backend")
-    core = ov.Core()
+    core = openvino_core()
     model = core.read_model(str(Path(path)))
     if shape is not None:
         model.reshape({model.inputs[0].get_any_name(): list(shape)})
