@@ -9,7 +9,7 @@ each set's CLIP prompt templates (mean of unit prompt embeddings per class), by:
 (clipforge eager), onnxruntime fp32 and int8, OpenVINO int8 (same int8 files) when installed.
 The speed of int8 is measured by `benchmarks.run` (ViT-B/32 and RN50 rows), not here.
 
-    .venv/bin/python -m benchmarks.int8_bench --checkpoint runs/demo/demo-cifar.safetensors [...] [--limit N]
+    .venv/bin/python -m benchmarks.int8_bench --checkpoint runs/demo/demo-cifar.safetensors [...] [--limit N] [--name STEM]
 """
 
 from __future__ import annotations
@@ -55,19 +55,19 @@ class Eager:
 
 
 def calibration_images(preprocess, n: int = CALIBRATION) -> list[Tensor]:
-    """The first n CIFAR-10 training images (one per class in turn), preprocessed, in batches of 8."""
+    """The first n CIFAR-10 training images (one per class in turn), decoded and batched as the apps'
+    `--int8-calibration` does it (`apps.backend.calibration_batches`)."""
     import csv
 
-    from clipforge.transforms import load_image
+    from clipforge.apps.backend import calibration_batches
 
     with open(SHARED / "cifar10" / "train.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     by_class: dict[str, list[str]] = {}
     for row in rows:
         by_class.setdefault(row["label"], []).append(row["path"])
-    paths = [p for group in zip(*by_class.values()) for p in group][:n]
-    images = torch.stack([preprocess(load_image(SHARED / "cifar10" / p)) for p in paths])
-    return list(images.split(8))
+    paths = [SHARED / "cifar10" / p for group in zip(*by_class.values()) for p in group][:n]
+    return calibration_batches(paths, preprocess, n=n)
 
 
 @torch.inference_mode()
@@ -80,7 +80,9 @@ def zeroshot_top1(
     classifier = F.normalize(text.view(len(classnames), len(templates), -1).mean(1), dim=-1)  # (C, E)
     predictions = [
         (F.normalize(encoder.encode_image(batch), dim=-1) @ classifier.T).argmax(1)
-        for batch in images.split(256)
+        for batch in images.split(
+            64
+        )  # the apps' image batch: ORT's arena keeps a batch-256 peak (8 GB at 224 px)
     ]
     return float((torch.cat(predictions) == labels).float().mean())
 
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="int8_zeroshot", help="results file stem (json + md)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [row for path in args.checkpoint for row in evaluate_checkpoint(path, args.limit, args.threads)]
@@ -162,8 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Worst |change|: {report['worst_abs_change_points']} points (target <= 1).\n\n"
         + markdown_table(rows)
     )
-    name = "int8_zeroshot"  # --limit is recorded in the report
-    paths = write_results(args.out, name, report, summary)
+    paths = write_results(args.out, args.name, report, summary)  # --limit is recorded in the report
     print(summary)
     print(f"results: {paths['json']}")
     return report

@@ -117,3 +117,38 @@ def test_static_int8_is_calibrated_and_close(tmp_path):
     a, b = fp32.encode_image(images[16:]), q.encode_image(images[16:])
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cosine.min() > 0.98, cosine
+
+
+def test_static_int8_takes_relu6_ranges(tmp_path):
+    """A ReLU6 after a conv with one outlier channel (BN folding makes them: EfficientNet-Lite's stem spans
+    [-46, 87]): the quantised conv output must take the activation's [0, 6] range, not the conv's raw one
+    (with the raw range the features below have cosine 0.68 to fp32; EfficientNet-Lite0's had 0.57)."""
+    import onnx
+    import onnxruntime as ort
+
+    from clipforge.apps.onnx_export import activation_nodes, quantize_int8, session_options, weight_nodes
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, stride=2),
+        torch.nn.ReLU6(),
+        torch.nn.Conv2d(16, 8, 1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+    ).eval()
+    with torch.no_grad():
+        net[0].weight[0].mul_(300.0)  # one channel's pre-activations ~ +-100, the rest inside [0, 6]
+        net[0].bias.add_(1.0)
+    images = torch.rand(40, 3, 32, 32) * 2 - 1
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(
+        net, images[:1], path, input_names=["images"], dynamic_axes={"images": {0: "batch"}}, dynamo=False
+    )
+    assert len(activation_nodes(path, weight_nodes(path))) == 2  # the Clip and the Relu
+    int8 = quantize_int8(path, calibration=list(images[:24].split(8)))
+    assert "Clip" not in [n.op_type for n in onnx.load(str(int8)).graph.node]  # folded into the range
+    session = ort.InferenceSession(str(int8), session_options(1), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": images[24:].numpy()})[0])
+    with torch.no_grad():
+        want = net(images[24:])
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99
