@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         "Both towers int8 (image: static QDQ calibrated on 64 CIFAR-10 training images; text: dynamic), "
         "vs clipforge's PyTorch fp32; each set's CLIP templates; `*_change` = int8 - fp32 in points. "
         f"Worst |change|: {report['worst_abs_change_points']} points (target <= 1).\n\n"
+        f"Command: `python -m benchmarks.int8_bench {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
         + markdown_table(rows)
     )
     paths = write_results(args.out, args.name, report, summary)  # --limit is recorded in the report
