@@ -144,7 +144,7 @@ def test_static_int8_takes_relu6_ranges(tmp_path):
     torch.onnx.export(
         net, images[:1], path, input_names=["images"], dynamic_axes={"images": {0: "batch"}}, dynamo=False
     )
-    assert len(activation_nodes(path, weight_nodes(path))) == 2  # the Clip and the Relu
+    assert len(activation_nodes(onnx.load(str(path)).graph, weight_nodes(path))) == 2  # the Clip and the Relu
     int8 = quantize_int8(path, calibration=list(images[:24].split(8)))
     assert "Clip" not in [n.op_type for n in onnx.load(str(int8)).graph.node]  # folded into the range
     session = ort.InferenceSession(str(int8), session_options(1), providers=["CPUExecutionProvider"])

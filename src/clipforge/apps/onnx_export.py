@@ -145,20 +145,21 @@ def weight_nodes(onnx_path: str | os.PathLike) -> list[str]:
     int8. The attention products (activation x activation) stay float."""
     import onnx
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return _weight_nodes(onnx.load(str(onnx_path), load_external_data=False).graph)
+
+
+def _weight_nodes(graph) -> list[str]:
     weights = {init.name for init in graph.initializer}
     return [n.name for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and n.input[1] in weights]
 
 
-def activation_nodes(onnx_path: str | os.PathLike, after: Iterable[str]) -> list[str]:
-    """Names of the Relu/Clip nodes that read a node of `after`'s output. Quantised with them, onnxruntime
-    takes the activation's range for the node's output (its `_adjust_tensor_ranges`) and drops the
-    activation: a ReLU6 after a conv otherwise gets the conv's raw range (EfficientNet-Lite0's stem:
-    [-46, 87], 12 of 256 levels left inside [0, 6]; its int8 features had cosine 0.57 to fp32)."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    outputs = {out for n in graph.node if n.name in set(after) for out in n.output}
+def activation_nodes(graph, after: Iterable[str]) -> list[str]:
+    """Names of the Relu/Clip nodes of an onnx `graph` that read a node of `after`'s output. Quantised with
+    them, onnxruntime takes the activation's range for the node's output (its `_adjust_tensor_ranges`) and
+    drops the activation: a ReLU6 after a conv otherwise gets the conv's raw range (EfficientNet-Lite0's
+    stem: [-46, 87], 12 of 256 levels left inside [0, 6]; its int8 features had cosine 0.57 to fp32)."""
+    after = set(after)
+    outputs = {out for n in graph.node if n.name in after for out in n.output}
     return [n.name for n in graph.node if n.op_type in ("Relu", "Clip") and n.input[0] in outputs]
 
 
@@ -192,14 +193,15 @@ def quantize_int8(
 
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-    nodes = weight_nodes(onnx_path)
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    nodes = _weight_nodes(graph)
     with atomic_path(out_path) as tmp:  # complete or absent
         if calibration is None:
             quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
         else:
-            input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+            input_name = graph.input[0].name
             batches = [b.numpy() if isinstance(b, Tensor) else b for b in calibration]
-            nodes = nodes + activation_nodes(onnx_path, nodes)  # ranges taken after ReLU/ReLU6
+            nodes = nodes + activation_nodes(graph, nodes)  # ranges taken after ReLU/ReLU6
             quantize_static(
                 str(onnx_path),
                 str(tmp),
