@@ -1,0 +1,121 @@
+"""Where int8 loses zero-shot accuracy: calibration source, image tower vs text tower (train splits only).
+
+For one checkpoint, on the *train* splits of CIFAR-10, imagenette and flowers5 (no test image is seen, so
+what is learned here may choose the product's int8 recipe): image features' mean cosine to PyTorch fp32
+and zero-shot top-1 for the image tower int8 (static, calibrated on 64 CIFAR-10 training images as
+`benchmarks.int8_bench` does, or on 64 Flickr8k training photos) with the text tower int8 (dynamic), and
+for the text tower int8 alone (image tower fp32).
+
+    .venv/bin/python -m benchmarks.int8_calibration --checkpoint runs/demo/pretrained.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.cases import SHARED
+from benchmarks.harness import machine_info
+from benchmarks.int8_bench import IMAGE_BATCH, RESULTS, Eager, calibration_images, decoded, zeroshot_top1
+from benchmarks.onnx_peers import Peer
+from clipforge.results import markdown_table, write_results
+
+# (name, folder, template set, train images used: an even stride over the split)
+SETS = [
+    ("cifar10", SHARED / "cifar10", "cifar10", 1000),
+    ("imagenette", SHARED / "zeroshot" / "imagenette", "imagenet", 500),
+    ("flowers5", SHARED / "zeroshot" / "flowers5", "flowers102", 250),
+]
+
+
+def flickr_train_photos() -> list[Path]:
+    with open(SHARED / "flickr8k" / "captions.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train" and r["caption_idx"] == "0"]
+    return [SHARED / "flickr8k" / r["path"] for r in rows]
+
+
+@torch.inference_mode()
+def run(checkpoint: Path, threads: int) -> list[dict]:
+    from clipforge.apps.backend import calibration_batches
+    from clipforge.apps.onnx_export import export_towers, quantize_int8
+    from clipforge.checkpoints import load_any
+    from clipforge.evaluate.datasets import csv_dataset
+    from clipforge.tokenizer import tokenizer_for
+    from clipforge.transforms import Preprocess
+    from clipforge.zeroshot.templates import get_templates
+
+    model = load_any(checkpoint).eval()
+    preprocess = Preprocess(model.config.preprocess)
+    tokenizer = tokenizer_for(model)
+    data = {}
+    for name, root, template_set, limit in SETS:
+        dataset = csv_dataset(root / "train.csv", preprocess)
+        dataset.samples = dataset.samples[:: max(1, len(dataset.samples) // limit)][:limit]
+        data[name] = (*decoded(dataset), dataset.classes, get_templates(template_set))
+
+    def features(encoder, images):
+        return torch.cat([encoder.encode_image(b) for b in images.split(IMAGE_BATCH)])
+
+    eager = Eager(model)
+    reference = {name: features(eager, d[0]) for name, d in data.items()}
+
+    def row(variant: str, encoder) -> dict:
+        out = {"variant": variant}
+        for name, (images, labels, classes, templates) in data.items():
+            cosine = F.cosine_similarity(features(encoder, images), reference[name]).mean()
+            out[f"{name}_cosine"] = round(float(cosine), 4)
+            top1 = zeroshot_top1(encoder, images, labels, classes, templates, tokenizer)
+            out[f"{name}_top1"] = round(100 * top1, 2)
+        return out
+
+    rows = [row("pytorch-fp32", eager)]
+    calibrations = {
+        "image int8 (64 CIFAR-10 train) + text int8": calibration_images(preprocess),
+        "image int8 (64 Flickr8k train) + text int8": calibration_batches(
+            flickr_train_photos(), preprocess, n=64
+        ),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = export_towers(model, folder)
+        quantize_int8(paths["text"])
+        for variant, batches in calibrations.items():
+            quantize_int8(paths["image"], calibration=batches)
+            rows.append(row(variant, Peer("ort-int8", folder, threads)))
+        shutil.copy(paths["image"], folder / "image.int8.onnx")  # image fp32, text int8
+        rows.append(row("text int8 only", Peer("ort-int8", folder, threads)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = run(args.checkpoint, args.threads)
+    report = {"machine": machine_info(args.threads), "checkpoint": str(args.checkpoint), "rows": rows}
+    summary = (
+        "# int8: where the zero-shot change comes from (train splits)\n\n"
+        "ONNX Runtime int8 vs clipforge's PyTorch fp32 on the train splits (CIFAR-10 1,000, imagenette 500, "
+        "flowers5 250 images); `*_cosine` = mean cosine of image features to fp32, `*_top1` = zero-shot "
+        "top-1 (%) with each set's CLIP templates.\n\n"
+        f"Command: `python -m benchmarks.int8_calibration {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+        + markdown_table(rows, floatfmt=".4g")
+    )
+    paths = write_results(args.out, "int8_calibration", report, summary)
+    print(summary)
+    print(f"results: {paths['json']}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
