@@ -10,6 +10,8 @@ on 32 other real COCO photos. Writes benchmarks/results/backend.{json,md}.
 
     python -m benchmarks.backend_check                 # ViT-B-32 and RN50, batch 1 and 32
     python -m benchmarks.backend_check --models tiny-vit --rounds 2   # seconds
+    python -m benchmarks.backend_check --models runs/demo/pretrained.safetensors --name backend_captions
+                                                       # a trained checkpoint (e.g. `make demo`'s)
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ def backends(base, size: int, int8: bool) -> dict:
 
 def check_model(name: str, batches: list[int], rounds: int, int8: bool = True) -> list[dict]:
     import clipforge
+    from clipforge.checkpoints import load_any
 
-    base = clipforge.create_model(name).eval()
+    base = (load_any(name) if name.endswith(".safetensors") else clipforge.create_model(name)).eval()
     size = base.config.preprocess.image_size
     models = backends(base, size, int8)
     held_out = torch.cat(_photos(size, 64, 32))
@@ -105,6 +108,7 @@ def check_model(name: str, batches: list[int], rounds: int, int8: bool = True) -
                     "over_ort_fp32": round(seconds["onnx"] / seconds[key], 3),
                     "over_own_fp32": round(seconds[fp32] / seconds[key], 3) if key in INT8 else None,
                     **fidelity[key],
+                    "float_layers": (getattr(models[key], "int8", None) or {}).get("float_layers"),
                 }
             )
             print(rows[-1], file=sys.stderr)
@@ -146,10 +150,11 @@ def summary_markdown(report: dict) -> str:
     load = ", ".join(f"{x:.1f}" for x in report["load_average"])
     return (
         "# The apps' image-tower backends (`--backend`, `--int8-calibration`)\n\n"
-        f"{report['machine']['threads']} threads, random weights, {report['rounds']} interleaved rounds "
+        f"{report['machine']['threads']} threads, {report['weights']}, {report['rounds']} interleaved rounds "
         f"(medians), {report['machine']['cpu']}, load average {report['load_average_start']} at the start, "
-        f"{load} at the end; command: `python -m benchmarks.backend_check`. int8: static, calibrated on 64 "
-        "COCO photos; `mean_cosine` with PyTorch's unit features on 32 other COCO photos. "
+        f"{load} at the end; command: `{' '.join(['python -m benchmarks.backend_check', report['argv']]).strip()}`. int8: static, "
+        "calibrated on 64 COCO photos, `float_layers` leading layers kept fp32 (apps.backend.INT8_FLOAT_STEPS); "
+        "`mean_cosine` with PyTorch's unit features on 32 other COCO photos. "
         f"`met` allows {NOISE - 1:.0%} timer noise for the 1.0x checks.\n\n"
         "## Checks\n\n" + markdown_table(report["checks"]) + "\n\n## Rates\n\n"
         "`gflops_per_s` = forward FLOPs (`clipforge.flops`) x images / median call time; "
@@ -182,8 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         row["fraction_of_best_matmul"] = round(row["gflops_per_s"] / best, 3)
     report = {"machine": machine_info(args.threads), "load_average_start": start_load}
+    trained = [m for m in args.models.split(",") if m.endswith(".safetensors")]
+    report["weights"] = f"weights of {', '.join(trained)}" if trained else "random weights"
     report.update(load_average=os.getloadavg(), rounds=args.rounds, matmul_peaks=peaks)
-    report.update(rows=rows, checks=checks(rows))
+    report.update(rows=rows, checks=checks(rows), argv=" ".join(argv if argv is not None else sys.argv[1:]))
     write_results(args.out, args.name, report, summary_markdown(report))
     return report
 

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -161,3 +162,13 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def timing_dict(timing: Timing, items: int) -> dict[str, Any]:
     return {**asdict(timing), "items": items, "items_per_s": round(timing.rate(items), 3)}
+
+
+def publish(folder: Path, stem: str, report: dict, summary: str) -> dict:
+    """Write `report` (json) and `summary` (md) as folder/stem.*, print the summary and where they went."""
+    from clipforge.results import write_results
+
+    paths = write_results(folder, stem, report, summary)
+    print(summary)
+    print(f"results: {paths['json']}")
+    return report

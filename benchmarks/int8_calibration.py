@@ -2,9 +2,12 @@
 
 For one checkpoint, on the *train* splits of CIFAR-10, imagenette and flowers5 (no test image is seen, so
 what is learned here may choose the product's int8 recipe): image features' mean cosine to PyTorch fp32
-and zero-shot top-1 for the image tower int8 (static, calibrated on 64 CIFAR-10 training images as
-`benchmarks.int8_bench` does, or on 64 Flickr8k training photos) with the text tower int8 (dynamic), and
-for the text tower int8 alone (image tower fp32).
+and zero-shot top-1 for
+- the product's int8 image tower (`apps.backend.use_backend(..., int8_calibration=)`: static int8 with
+  the fewest leading fp32 layers that keep the features, on ONNX Runtime and OpenVINO; calibrated on 64
+  CIFAR-10 training images as `benchmarks.int8_bench` does, or on 64 Flickr8k training photos), text fp32;
+- every layer int8 (`quantize_int8` with no fp32 layers, the recipe before) with the text tower int8
+  (dynamic), and the text tower int8 alone (image tower fp32).
 
     .venv/bin/python -m benchmarks.int8_calibration --checkpoint runs/demo/pretrained.safetensors
 """
@@ -22,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.cases import SHARED
-from benchmarks.harness import machine_info
+from benchmarks.harness import machine_info, publish
 from benchmarks.int8_bench import IMAGE_BATCH, RESULTS, Eager, calibration_images, decoded, zeroshot_top1
 from benchmarks.onnx_peers import Peer
-from clipforge.results import markdown_table, write_results
+from clipforge.results import markdown_table
 
 # (name, folder, template set, train images used: an even stride over the split)
 SETS = [
@@ -43,7 +46,7 @@ def flickr_train_photos() -> list[Path]:
 
 @torch.inference_mode()
 def run(checkpoint: Path, threads: int) -> list[dict]:
-    from clipforge.apps.backend import calibration_batches
+    from clipforge.apps.backend import calibration_batches, use_backend
     from clipforge.apps.onnx_export import export_towers, quantize_int8
     from clipforge.checkpoints import load_any
     from clipforge.evaluate.datasets import csv_dataset
@@ -77,18 +80,24 @@ def run(checkpoint: Path, threads: int) -> list[dict]:
 
     rows = [row("pytorch-fp32", eager)]
     calibrations = {
-        "image int8 (64 CIFAR-10 train) + text int8": calibration_images(preprocess),
-        "image int8 (64 Flickr8k train) + text int8": calibration_batches(
-            flickr_train_photos(), preprocess, n=64
-        ),
+        "64 CIFAR-10 train": calibration_images(preprocess),
+        "64 Flickr8k train": calibration_batches(flickr_train_photos(), preprocess, n=64),
     }
+    for backend in ("onnx", "openvino"):
+        for source, batches in calibrations.items():
+            product = use_backend(model, backend, int8_calibration=batches, texts=False)
+            rows.append(
+                {**row(f"product image int8, {backend} ({source}), text fp32", product), **product.int8}
+            )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = export_towers(model, folder)
         quantize_int8(paths["text"])
-        for variant, batches in calibrations.items():
-            quantize_int8(paths["image"], calibration=batches)
-            rows.append(row(variant, Peer("ort-int8", folder, threads)))
+        quantize_int8(paths["image"], calibration=calibrations["64 CIFAR-10 train"])
+        rows.append(
+            {**row("every image layer int8, ORT (64 CIFAR-10 train) + text int8", Peer("ort-int8", folder, threads)),
+             "float_layers": 0}
+        )  # fmt: skip
         shutil.copy(paths["image"], folder / "image.int8.onnx")  # image fp32, text int8
         rows.append(row("text int8 only", Peer("ort-int8", folder, threads)))
     return rows
@@ -105,16 +114,14 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"machine": machine_info(args.threads), "checkpoint": str(args.checkpoint), "rows": rows}
     summary = (
         "# int8: where the zero-shot change comes from (train splits)\n\n"
-        "ONNX Runtime int8 vs clipforge's PyTorch fp32 on the train splits (CIFAR-10 1,000, imagenette 500, "
+        "int8 vs clipforge's PyTorch fp32 on the train splits (CIFAR-10 1,000, imagenette 500, "
         "flowers5 250 images); `*_cosine` = mean cosine of image features to fp32, `*_top1` = zero-shot "
-        "top-1 (%) with each set's CLIP templates.\n\n"
+        "top-1 (%) with each set's CLIP templates; `cosine` = the product's check on its calibration images, "
+        "`float_layers` = leading weight layers it kept fp32 (apps.backend.INT8_FLOAT_STEPS).\n\n"
         f"Command: `python -m benchmarks.int8_calibration {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-        + markdown_table(rows, floatfmt=".4g")
+        + markdown_table(rows, columns=list(dict.fromkeys(k for row in rows for k in row)), floatfmt=".4g")
     )
-    paths = write_results(args.out, "int8_calibration", report, summary)
-    print(summary)
-    print(f"results: {paths['json']}")
-    return report
+    return publish(args.out, "int8_calibration", report, summary)
 
 
 if __name__ == "__main__":

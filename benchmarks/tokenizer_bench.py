@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks.harness import machine_info
+from benchmarks.harness import machine_info, publish
 from benchmarks.text_corpora import CORPORA, corpus
-from clipforge.results import markdown_table, write_results
+from clipforge.results import markdown_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIBRARIES = ("clipforge", "open_clip.tokenize", "transformers CLIPTokenizerFast")
@@ -212,10 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"(1-minute load average {load['before']} at the start, {load['after']} at the end: ratios are "
         "interleaved in one process, absolute rates are the loaded host's).\n"
     )
-    paths = write_results(args.out, "tokenizer_smoke" if args.smoke else "tokenizer", report, summary)
-    print(summary)
-    print(f"results: {paths['json']}")
-    return report
+    return publish(args.out, "tokenizer_smoke" if args.smoke else "tokenizer", report, summary)
 
 
 if __name__ == "__main__":

@@ -239,8 +239,34 @@ def test_int8_is_refused_where_it_would_change_results(shared_data, monkeypatch)
     with pytest.raises(ValueError, match="quantises the image tower; this command runs only texts"):
         apply_backend(args, model, preprocess, images=False)
     monkeypatch.setattr(backend_module, "INT8_MIN_COSINE", 1.01)  # no int8 graph can keep cosine 1.01
-    with pytest.raises(ValueError, match=r"mean cosine of 0\.9\d+ .* int8 would change results"):
+    with pytest.raises(ValueError, match=r"mean cosine of at most 0\.9\d+ .* int8 would change results"):
         use_backend(model, "openvino", int8_calibration=calibration)
+
+
+def test_int8_search_keeps_leading_layers_fp32_until_features_hold(shared_data, monkeypatch):
+    import clipforge.apps.backend as backend_module
+    from clipforge.apps.backend import INT8_FLOAT_STEPS, calibration_batches
+    from clipforge.transforms import Preprocess
+
+    torch.manual_seed(3)
+    model = clipforge.create_model("tiny-vit").eval()
+    calibration = calibration_batches(
+        _cifar_paths(shared_data)[:80], Preprocess(model.config.preprocess), n=16
+    )
+    probe = torch.cat(calibration)
+    with torch.inference_mode():
+        want = model.encode_image(probe, normalize=True)
+
+    def measured(int8):  # the cosine the report claims, measured again
+        return float((int8.encode_image(probe, normalize=True) * want).sum(-1).mean())
+
+    first = use_backend(model, "onnx", int8_calibration=calibration)  # tiny-vit holds at once
+    assert first.int8["float_layers"] == 0 and first.int8["cosine"] >= backend_module.INT8_GOOD_COSINE
+    assert measured(first) == pytest.approx(first.int8["cosine"], abs=1e-4)
+    monkeypatch.setattr(backend_module, "INT8_GOOD_COSINE", 1.01)  # never reached: every step, the best kept
+    best = use_backend(model, "onnx", int8_calibration=calibration)
+    assert best.int8["float_layers"] in INT8_FLOAT_STEPS and best.int8["cosine"] >= first.int8["cosine"]
+    assert measured(best) == pytest.approx(best.int8["cosine"], abs=1e-4)
 
 
 def test_int8_calibration_skips_and_counts_unreadable_images(shared_data, tmp_path):

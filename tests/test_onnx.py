@@ -119,6 +119,28 @@ def test_static_int8_is_calibrated_and_close(tmp_path):
     assert cosine.min() > 0.98, cosine
 
 
+def test_static_int8_keeps_the_first_weight_nodes_fp32(tmp_path):
+    """`float_nodes=k`: the first k weight nodes (graph order) read their float weights directly; the rest
+    read int8 weights through DequantizeLinear."""
+    import onnx
+
+    from clipforge.apps.onnx_export import quantize_int8, weight_nodes
+
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-resnet").eval()
+    path = export_towers(model, tmp_path)["image"]
+    images = torch.rand(16, 3, model.config.preprocess.image_size, model.config.preprocess.image_size) * 2 - 1
+    names = weight_nodes(path)
+    int8 = quantize_int8(path, tmp_path / "k2.onnx", list(images.split(8)), float_nodes=2)
+    graph = onnx.load(str(int8)).graph
+    floats = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    by_name = {node.name: node for node in graph.node}
+    weight_is_float = [by_name[name].input[1] in floats for name in names]
+    assert weight_is_float[:2] == [True, True] and not any(weight_is_float[2:])
+    assert all(producer[by_name[name].input[1]] == "DequantizeLinear" for name in names[2:])
+
+
 def test_static_int8_takes_relu6_ranges(tmp_path):
     """A ReLU6 after a conv with one outlier channel (BN folding makes them: EfficientNet-Lite's stem spans
     [-46, 87]): the quantised conv output must take the activation's [0, 6] range, not the conv's raw one

@@ -16,7 +16,11 @@ features differ by at most `TOLERANCE`, else an explicit backend is an error and
 PyTorch with a warning. int8 (`int8_calibration`: batches of real preprocessed images): the exported image
 graph is quantised statically (apps.onnx_export.quantize_int8: per-channel int8 weights, activation ranges
 from those images) and must keep a mean cosine of at least `INT8_MIN_COSINE` with PyTorch's features on
-them, else it is an error: int8 is a choice the user makes, never a silent one. Texts stay fp32.
+them, else it is an error: int8 is a choice the user makes, never a silent one. The first layers of a
+trunk carry most of the int8 error of MobileNet-style towers (EfficientNet-Lite0: the stem and the first
+depthwise conv, 64% of it, at ~4% of the FLOPs; docs/performance.md), so the graph is quantised with the
+first 0, 1, 2, 3, 5, 8 weight layers left fp32 (`INT8_FLOAT_STEPS`) until the features keep
+`INT8_GOOD_COSINE`; the best step is used, and `RuntimeCLIP.int8` records it. Texts stay fp32.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
 RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend -> apps.runtimes runtime
 TOLERANCE = 1e-5  # max |unit features, runtime - PyTorch| accepted (fp32)
 INT8_MIN_COSINE = 0.99  # mean cosine of int8 features with PyTorch's, on the calibration images
+INT8_GOOD_COSINE = 0.995  # the int8 search stops at the first step that keeps this
+INT8_FLOAT_STEPS = (0, 1, 2, 3, 5, 8)  # leading weight layers kept fp32, tried in turn (quantize_int8)
 CALIBRATION_IMAGES = 64
 PROBE_TEXTS = ("a photo of a dog.", "a photo of a big red bicycle on a street.", "a photo of a cat", "x")
 
@@ -55,6 +61,7 @@ class RuntimeCLIP:
         self._image, self._text = image, text
         self.backend = backend if image is not None else "torch"
         self.text_backend = text_backend if text is not None else "torch"
+        self.int8: dict | None = None  # {"cosine", "float_layers"} of an int8 image tower (_int8_image)
 
     def __getattr__(self, name: str):
         if name.startswith("_"):  # copy/pickle probe attributes before __init__ has run
@@ -102,7 +109,7 @@ def runtime_model(
     `int8_calibration` when given) and the packed text tower (when `text` names one and the tower shares
     prefixes) to temporary files, open them with those runtimes (`threads`, default torch's) and check them
     against `model` (ValueError when a check fails: see the module docstring)."""
-    from clipforge.apps.onnx_export import export_image_tower, export_packed_text_tower, quantize_int8
+    from clipforge.apps.onnx_export import export_image_tower, export_packed_text_tower
     from clipforge.encode import encode_tokens
     from clipforge.tokenizer import tokenizer_for
 
@@ -117,14 +124,15 @@ def runtime_model(
         if image is not None:
             path = export_image_tower(model, Path(folder) / "image.onnx")
             if int8:
-                path = quantize_int8(path, calibration=list(int8_calibration))
-            image_run = open_runner(
-                RUNTIME_OF[image], path, threads
-            )  # the runtimes read the file into memory
+                image_run, int8_report = _int8_image(model, path, image, threads, list(int8_calibration))
+            else:  # the runtimes read the file into memory
+                image_run = open_runner(RUNTIME_OF[image], path, threads)
         if texts:
             path = export_packed_text_tower(model, Path(folder) / "text.onnx")
             text_run = open_runner(RUNTIME_OF[text], path, threads)
     wrapped = RuntimeCLIP(model, image_run, text_run, f"{image}-int8" if int8 else str(image), str(text))
+    if int8:
+        wrapped.int8 = int8_report
     with torch.inference_mode():
         if texts:
             tokens = tokenizer_for(model)(list(PROBE_TEXTS))
@@ -135,16 +143,40 @@ def runtime_model(
             probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
             want = model.encode_image(probe, normalize=True).float()
             _check_fp32(f"{image} image", wrapped.encode_image(probe, normalize=True), want)
-        if int8:
-            probe = torch.cat(list(int8_calibration))
-            want = model.encode_image(probe, normalize=True).float()
-            cosine = float((wrapped.encode_image(probe, normalize=True) * want).sum(-1).mean())
-            if not cosine >= INT8_MIN_COSINE:
-                raise ValueError(
-                    f"{image} int8 image features keep a mean cosine of {cosine:.4f} with PyTorch's on the "
-                    f"calibration images, below {INT8_MIN_COSINE}: int8 would change results; run fp32"
-                )
     return wrapped
+
+
+def _int8_image(
+    model: nn.Module, path: Path, backend: str, threads: int, calibration: list[Tensor]
+) -> tuple[Runner, dict]:
+    """The exported image graph `path` quantised statically on `calibration`, with the fewest leading fp32
+    layers of `INT8_FLOAT_STEPS` whose unit features keep a mean cosine of `INT8_GOOD_COSINE` with
+    PyTorch's on those images (else the best step): (runner, {"cosine", "float_layers"}). ValueError when
+    even the best keeps less than `INT8_MIN_COSINE`."""
+    from clipforge.apps.onnx_export import quantize_int8, weight_nodes
+
+    layers = len(weight_nodes(path))
+    probe = torch.cat(calibration)
+    with torch.inference_mode():
+        want = model.encode_image(probe, normalize=True).float()
+    best: tuple[Runner, float, int] | None = None
+    for kept in (k for k in INT8_FLOAT_STEPS if k < layers):
+        out = quantize_int8(path, path.with_name(f"{path.stem}.int8-{kept}.onnx"), calibration, kept)
+        run = open_runner(RUNTIME_OF[backend], out, threads)  # read into memory
+        got = F.normalize(torch.from_numpy(run(probe.numpy())).float(), dim=-1)
+        cosine = float((got * want).sum(-1).mean())
+        if best is None or cosine > best[1]:  # NaN never wins
+            best = (run, cosine, kept)
+        if cosine >= INT8_GOOD_COSINE:
+            break
+    if best is None or not best[1] >= INT8_MIN_COSINE:
+        cosine = float("nan") if best is None else best[1]
+        raise ValueError(
+            f"{backend} int8 image features keep a mean cosine of at most {cosine:.4f} with PyTorch's on "
+            f"the calibration images (with the first 0-{INT8_FLOAT_STEPS[-1]} layers in fp32), below "
+            f"{INT8_MIN_COSINE}: int8 would change results; run fp32"
+        )
+    return best[0], {"cosine": round(best[1], 4), "float_layers": best[2]}
 
 
 def calibration_batches(

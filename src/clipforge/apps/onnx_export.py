@@ -177,6 +177,7 @@ def quantize_int8(
     onnx_path: str | os.PathLike,
     out_path: str | os.PathLike | None = None,
     calibration: Iterable[np.ndarray | Tensor] | None = None,
+    float_nodes: int = 0,
 ) -> Path:
     """int8 weights of the weight-carrying Conv/MatMul/Gemm nodes (per output channel when static).
 
@@ -184,7 +185,9 @@ def quantize_int8(
     it (batches of real inputs for the graph's single float input, e.g. preprocessed images), quantisation
     is static: QDQ nodes with uint8 activation ranges calibrated on those batches (min/max) around int8
     weights, a Relu/Clip after a weight node folded into its output's range (`activation_nodes`), which
-    onnxruntime and OpenVINO fuse into integer kernels. Writes `<stem>.int8.onnx` next to
+    onnxruntime and OpenVINO fuse into integer kernels. `float_nodes`: the first that many weight nodes in
+    graph order stay fp32 (a trunk's stem and first block carry most of the int8 error of a MobileNet-style
+    tower at a few % of its FLOPs: apps.backend.INT8_FLOAT_STEPS). Writes `<stem>.int8.onnx` next to
     the input unless `out_path` is given."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -194,7 +197,7 @@ def quantize_int8(
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    nodes = _weight_nodes(graph)
+    nodes = _weight_nodes(graph)[float_nodes:]
     with atomic_path(out_path) as tmp:  # complete or absent
         if calibration is None:
             quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, nodes_to_quantize=nodes)

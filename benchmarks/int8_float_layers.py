@@ -1,0 +1,137 @@
+"""int8 with the first layers kept fp32: feature fidelity and speed per step (apps.backend.INT8_FLOAT_STEPS).
+
+For one checkpoint's exported image tower (`clipforge.apps.onnx_export`): static int8 calibrated on 64
+CIFAR-10 *training* images (as `benchmarks.int8_bench` does), with the first k weight layers in graph order
+left fp32 (`quantize_int8(float_nodes=k)`), on ONNX Runtime and OpenVINO. Per step: mean cosine of unit
+features with PyTorch fp32 on 256 other CIFAR-10 training images (no test image is seen), and images/s at
+batch 1 and 32 over each runtime's own fp32 graph and over ONNX Runtime fp32 (rounds interleaved, medians).
+
+    .venv/bin/python -m benchmarks.int8_float_layers --checkpoint runs/demo/pretrained.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.cases import SHARED
+from benchmarks.harness import machine_info, publish
+from benchmarks.int8_bench import RESULTS, calibration_images
+from clipforge.results import markdown_table
+
+HELD_OUT = 256
+
+
+def held_out_images(preprocess) -> torch.Tensor:
+    """HELD_OUT CIFAR-10 training images spread over the classes, none of calibration_images' (the first
+    of each class)."""
+    from clipforge.apps.backend import calibration_batches
+
+    with open(SHARED / "cifar10" / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_class: dict[str, list[str]] = {}
+    for row in rows:
+        by_class.setdefault(row["label"], []).append(row["path"])
+    per_class = -(-HELD_OUT // len(by_class))
+    paths = [SHARED / "cifar10" / p for group in by_class.values() for p in group[-per_class:]][:HELD_OUT]
+    return torch.cat(calibration_batches(paths, preprocess, n=HELD_OUT))
+
+
+def _rate(run, x, seconds: float = 1.0) -> float:
+    run(x)
+    start, calls = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        run(x)
+        calls += 1
+    return calls * len(x) / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def run(checkpoint: Path, threads: int, steps: list[int], rounds: int) -> list[dict]:
+    from clipforge.apps.onnx_export import export_image_tower, quantize_int8
+    from clipforge.apps.runtimes import open_runner
+    from clipforge.checkpoints import load_any
+    from clipforge.transforms import Preprocess
+
+    model = load_any(checkpoint).eval()
+    preprocess = Preprocess(model.config.preprocess)
+    calibration = calibration_images(preprocess)
+    images = held_out_images(preprocess)
+    reference = F.normalize(model.encode_image(images), dim=-1)
+    runners = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_image_tower(model, Path(tmp) / "image.onnx")
+        for runtime in ("onnxruntime", "openvino"):
+            runners[(runtime, None)] = open_runner(runtime, fp32, threads)
+            for k in steps:
+                out = quantize_int8(fp32, Path(tmp) / f"image.int8-{k}.onnx", calibration, float_nodes=k)
+                runners[(runtime, k)] = open_runner(runtime, out, threads)  # read into memory
+    fidelity = {}
+    for key, runner in runners.items():
+        got = torch.cat([torch.from_numpy(runner(b.numpy())) for b in images.split(64)])
+        fidelity[key] = float((F.normalize(got, dim=-1) * reference).sum(-1).mean())
+    rates: dict[tuple, dict[int, list[float]]] = {key: {1: [], 32: []} for key in runners}
+    keys = list(runners)
+    for r in range(rounds):
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            for batch in (1, 32):
+                rates[key][batch].append(_rate(runners[key], images[:batch].numpy()))
+    median = {key: {b: statistics.median(v) for b, v in per.items()} for key, per in rates.items()}
+    rows = []
+    for (runtime, k), per in median.items():
+        if k is None:
+            continue
+        own, ort = median[(runtime, None)], median[("onnxruntime", None)]
+        rows.append(
+            {
+                "runtime": runtime,
+                "float_layers": k,
+                "mean_cosine": round(fidelity[(runtime, k)], 4),
+                "b1_over_own_fp32": round(per[1] / own[1], 2),
+                "b32_over_own_fp32": round(per[32] / own[32], 2),
+                "b1_over_ort_fp32": round(per[1] / ort[1], 2),
+                "b32_over_ort_fp32": round(per[32] / ort[32], 2),
+                "b1_img_per_s": round(per[1], 1),
+                "b32_img_per_s": round(per[32], 1),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--steps", default="0,1,2,3,5,8", help="leading fp32 layers to try")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    rows = run(args.checkpoint, args.threads, [int(k) for k in args.steps.split(",")], args.rounds)
+    report = {"machine": machine_info(args.threads), "checkpoint": str(args.checkpoint), "rows": rows,
+              "load_average": [load_start, os.getloadavg()]}  # fmt: skip
+    summary = (
+        "# int8 with the first layers kept fp32 (CIFAR-10 train images)\n\n"
+        f"Static int8 calibrated on 64 CIFAR-10 training images, the first `float_layers` weight layers "
+        f"left fp32; `mean_cosine` with PyTorch fp32's unit features on {HELD_OUT} other CIFAR-10 training "
+        f"images; speeds are medians of {args.rounds} interleaved rounds, {args.threads} threads, "
+        f"{report['machine']['cpu']}, load average {load_start[0]:.1f} at the start, "
+        f"{report['load_average'][1][0]:.1f} at the end.\n\n"
+        f"Command: `python -m benchmarks.int8_float_layers {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+        + markdown_table(rows)
+    )
+    return publish(args.out, "int8_float_layers", report, summary)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
