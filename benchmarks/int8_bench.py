@@ -56,19 +56,24 @@ class Eager:
         return self.model.encode_text(tokens)
 
 
-def calibration_images(preprocess, n: int = CALIBRATION) -> list[Tensor]:
-    """The first n CIFAR-10 training images (one per class in turn), decoded and batched as the apps'
-    `--int8-calibration` does it (`apps.backend.calibration_batches`)."""
+def cifar_train_by_class() -> dict[str, list[Path]]:
+    """CIFAR-10 training image paths per label, in train.csv's order."""
     import csv
-
-    from clipforge.apps.backend import calibration_batches
 
     with open(SHARED / "cifar10" / "train.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    by_class: dict[str, list[str]] = {}
+    by_class: dict[str, list[Path]] = {}
     for row in rows:
-        by_class.setdefault(row["label"], []).append(row["path"])
-    paths = [SHARED / "cifar10" / p for group in zip(*by_class.values()) for p in group][:n]
+        by_class.setdefault(row["label"], []).append(SHARED / "cifar10" / row["path"])
+    return by_class
+
+
+def calibration_images(preprocess, n: int = CALIBRATION) -> list[Tensor]:
+    """The first n CIFAR-10 training images (one per class in turn), decoded and batched as the apps'
+    `--int8-calibration` does it (`apps.backend.calibration_batches`)."""
+    from clipforge.apps.backend import calibration_batches
+
+    paths = [p for group in zip(*cifar_train_by_class().values()) for p in group][:n]
     return calibration_batches(paths, preprocess, n=n)
 
 

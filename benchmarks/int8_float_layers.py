@@ -12,20 +12,17 @@ batch 1 and 32 over each runtime's own fp32 graph and over ONNX Runtime fp32 (ro
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.cases import SHARED
-from benchmarks.harness import machine_info, publish
-from benchmarks.int8_bench import RESULTS, calibration_images
+from benchmarks.harness import machine_info, publish, time_fn
+from benchmarks.int8_bench import RESULTS, calibration_images, cifar_train_by_class
 from clipforge.results import markdown_table
 
 HELD_OUT = 256
@@ -36,23 +33,10 @@ def held_out_images(preprocess) -> torch.Tensor:
     of each class)."""
     from clipforge.apps.backend import calibration_batches
 
-    with open(SHARED / "cifar10" / "train.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    by_class: dict[str, list[str]] = {}
-    for row in rows:
-        by_class.setdefault(row["label"], []).append(row["path"])
+    by_class = cifar_train_by_class()
     per_class = -(-HELD_OUT // len(by_class))
-    paths = [SHARED / "cifar10" / p for group in by_class.values() for p in group[-per_class:]][:HELD_OUT]
+    paths = [p for group in by_class.values() for p in group[-per_class:]][:HELD_OUT]
     return torch.cat(calibration_batches(paths, preprocess, n=HELD_OUT))
-
-
-def _rate(run, x, seconds: float = 1.0) -> float:
-    run(x)
-    start, calls = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        run(x)
-        calls += 1
-    return calls * len(x) / (time.perf_counter() - start)
 
 
 @torch.inference_mode()
@@ -84,7 +68,9 @@ def run(checkpoint: Path, threads: int, steps: list[int], rounds: int) -> list[d
     for r in range(rounds):
         for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
             for batch in (1, 32):
-                rates[key][batch].append(_rate(runners[key], images[:batch].numpy()))
+                x = images[:batch].numpy()
+                timing = time_fn(lambda run=runners[key], x=x: run(x), repeats=1, min_time_s=1.0)
+                rates[key][batch].append(timing.rate(batch))
     median = {key: {b: statistics.median(v) for b, v in per.items()} for key, per in rates.items()}
     rows = []
     for (runtime, k), per in median.items():

@@ -120,7 +120,7 @@ def runtime_model(
     threads = threads or torch.get_num_threads()
     texts = text is not None and getattr(model.text, "shares_prefixes", False)
     int8 = image is not None and int8_calibration is not None
-    image_run = text_run = None
+    image_run = text_run = int8_report = None
     with tempfile.TemporaryDirectory(prefix="clipforge-onnx-") as folder:
         if image is not None:
             path = export_image_tower(model, Path(folder) / "image.onnx")
@@ -132,8 +132,7 @@ def runtime_model(
             path = export_packed_text_tower(model, Path(folder) / "text.onnx")
             text_run = open_runner(RUNTIME_OF[text], path, threads)
     wrapped = RuntimeCLIP(model, image_run, text_run, f"{image}-int8" if int8 else str(image), str(text))
-    if int8:
-        wrapped.int8 = int8_report
+    wrapped.int8 = int8_report
     with torch.inference_mode():
         if texts:
             tokens = tokenizer_for(model)(list(PROBE_TEXTS))
