@@ -78,18 +78,29 @@ def calibration_images(preprocess, n: int = CALIBRATION) -> list[Tensor]:
 
 
 @torch.inference_mode()
-def zeroshot_top1(
-    encoder, images: Tensor, labels: Tensor, classnames: list[str], templates: list[str], tokenizer
-) -> float:
+def zeroshot_classifier(encoder, classnames: list[str], templates: list[str], tokenizer) -> Tensor:
+    """(C, E): the mean of each class's unit prompt embeddings, renormalised."""
     prompts = [t.replace("{}", c) for c in classnames for t in templates]
     tokens = tokenizer(prompts)  # the model's own (CLIP BPE, or an HF text tower's)
     text = torch.cat([F.normalize(encoder.encode_text(b), dim=-1) for b in tokens.split(256)])
-    classifier = F.normalize(text.view(len(classnames), len(templates), -1).mean(1), dim=-1)  # (C, E)
+    return F.normalize(text.view(len(classnames), len(templates), -1).mean(1), dim=-1)
+
+
+@torch.inference_mode()
+def classifier_top1(encoder, images: Tensor, labels: Tensor, classifier: Tensor) -> float:
     predictions = [
         (F.normalize(encoder.encode_image(batch), dim=-1) @ classifier.T).argmax(1)
         for batch in images.split(IMAGE_BATCH)
     ]
     return float((torch.cat(predictions) == labels).float().mean())
+
+
+def zeroshot_top1(
+    encoder, images: Tensor, labels: Tensor, classnames: list[str], templates: list[str], tokenizer
+) -> float:
+    return classifier_top1(
+        encoder, images, labels, zeroshot_classifier(encoder, classnames, templates, tokenizer)
+    )
 
 
 def decoded(dataset) -> tuple[Tensor, Tensor]:

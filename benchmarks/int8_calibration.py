@@ -44,24 +44,32 @@ def flickr_train_photos() -> list[Path]:
     return [SHARED / "flickr8k" / r["path"] for r in rows]
 
 
+def train_splits(preprocess, sets: list[tuple] = SETS) -> dict[str, tuple]:
+    """Per set of `sets`: (preprocessed images, labels, class names, templates) of its train split,
+    `limit` images taken at an even stride."""
+    from clipforge.evaluate.datasets import csv_dataset
+    from clipforge.zeroshot.templates import get_templates
+
+    data = {}
+    for name, root, template_set, limit in sets:
+        dataset = csv_dataset(root / "train.csv", preprocess)
+        dataset.samples = dataset.samples[:: max(1, len(dataset.samples) // limit)][:limit]
+        data[name] = (*decoded(dataset), dataset.classes, get_templates(template_set))
+    return data
+
+
 @torch.inference_mode()
 def run(checkpoint: Path, threads: int) -> list[dict]:
     from clipforge.apps.backend import calibration_batches, use_backend
     from clipforge.apps.onnx_export import export_towers, quantize_int8
     from clipforge.checkpoints import load_any
-    from clipforge.evaluate.datasets import csv_dataset
     from clipforge.tokenizer import tokenizer_for
     from clipforge.transforms import Preprocess
-    from clipforge.zeroshot.templates import get_templates
 
     model = load_any(checkpoint).eval()
     preprocess = Preprocess(model.config.preprocess)
     tokenizer = tokenizer_for(model)
-    data = {}
-    for name, root, template_set, limit in SETS:
-        dataset = csv_dataset(root / "train.csv", preprocess)
-        dataset.samples = dataset.samples[:: max(1, len(dataset.samples) // limit)][:limit]
-        data[name] = (*decoded(dataset), dataset.classes, get_templates(template_set))
+    data = train_splits(preprocess)
 
     def features(encoder, images):
         return torch.cat([encoder.encode_image(b) for b in images.split(IMAGE_BATCH)])
