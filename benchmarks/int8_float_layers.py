@@ -5,7 +5,7 @@ CIFAR-10 *training* images (as `benchmarks.int8_bench` does), with the first k w
 left fp32 (`quantize_int8(float_nodes=k)`), on ONNX Runtime and OpenVINO. Per step: mean cosine of unit
 features with PyTorch fp32 on 256 other CIFAR-10 training images, zero-shot top-1 change (points, text tower
 PyTorch fp32) on the train splits of CIFAR-10, imagenette, flowers5 and tiny-imagenet (no test image is seen:
-this is what the product's `apps.backend.INT8_GOOD_COSINE` may be chosen on), and images/s at batch 1 and 32
+this is what the product's `apps.backend.INT8_MIN_COSINE` may be chosen on), and images/s at batch 1 and 32
 over each runtime's own fp32 graph and over ONNX Runtime fp32 (rounds interleaved; a ratio is the median
 over rounds of that round's ratio, which a drifting host load perturbs less than a ratio of medians).
 

@@ -159,15 +159,16 @@ def low_resolution(images: Tensor, factor: int = INT8_LOW_RES_FACTOR) -> Tensor:
     return F.interpolate(small, size=size, mode="bicubic", align_corners=False)
 
 
-def int8_fidelity(model: nn.Module, images: Tensor) -> Callable[[Tensor, Tensor], float]:
-    """A scorer of int8 features: given the features of `images` and of `low_resolution(images)`, the lower
-    of their mean cosines with `model`'s unit features of the same images."""
+def int8_fidelity(model: nn.Module, images: Tensor) -> Callable[[Callable[[Tensor], Tensor]], float]:
+    """A scorer of an int8 image encoder (a tensor -> features function): the lower of its mean cosines with
+    `model`'s unit features on `images` and on `low_resolution(images)`."""
+    inputs = (images, low_resolution(images))
     with torch.inference_mode():
-        want = [model.encode_image(x, normalize=True).float() for x in (images, low_resolution(images))]
+        want = [model.encode_image(x, normalize=True).float() for x in inputs]
 
-    def score(got: Tensor, got_low: Tensor) -> float:
+    def score(encode: Callable[[Tensor], Tensor]) -> float:
         return min(
-            float((F.normalize(g.float(), dim=-1) * w).sum(-1).mean()) for g, w in zip((got, got_low), want)
+            float((F.normalize(encode(x).float(), dim=-1) * w).sum(-1).mean()) for x, w in zip(inputs, want)
         )
 
     return score
@@ -182,13 +183,11 @@ def int8_steps(
     from clipforge.apps.onnx_export import quantize_int8, weight_nodes
 
     layers = len(weight_nodes(path))
-    probe = torch.cat(calibration)
-    low = low_resolution(probe)
-    score = int8_fidelity(model, probe)
+    score = int8_fidelity(model, torch.cat(calibration))
     for kept in (k for k in INT8_FLOAT_STEPS if k < layers):
         out = quantize_int8(path, path.with_name(f"{path.stem}.int8-{kept}.onnx"), calibration, kept)
         run = open_runner(RUNTIME_OF[backend], out, threads)  # read into memory
-        yield kept, run, score(*(torch.from_numpy(run(x.numpy())) for x in (probe, low)))
+        yield kept, run, score(lambda x, run=run: torch.from_numpy(run(x.numpy())))
 
 
 def _int8_image(
