@@ -88,11 +88,7 @@ def caption_digit_counts(captions_csv: Path) -> dict[str, int]:
     with captions_csv.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["split"] == "train":
-                counts.update(
-                    re.findall(
-                        r"\b(\d+|zero|one|two|three|four|five|six|seven|eight|nine)\b", row["caption"].lower()
-                    )
-                )
+                counts.update(re.findall(rf"\b(\d+|{'|'.join(WORDS)})\b", row["caption"].lower()))
     glyphs = sum(n for word, n in counts.items() if word.isdigit())
     return {"digit_glyph_tokens": glyphs, **{word: counts[word] for word in WORDS}}
 
@@ -114,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import clipforge
     from clipforge.evaluate.linear_probe import linear_probe
-    from clipforge.recipes.prompts import candidates, prompts_for
-    from clipforge.recipes.unseen import SHARED, encode_arrays, top1_with_interval
+    from clipforge.evaluate.metrics import topk_accuracy
+    from clipforge.recipes.prompts import CHOSEN, candidates, prompts_for
+    from clipforge.recipes.unseen import SHARED, class_names, encode_arrays
     from clipforge.zeroshot.classifier import build_classifier
 
     model, _ = clipforge.load(args.checkpoint, device="cpu")
@@ -128,22 +125,15 @@ def main(argv: list[str] | None = None) -> dict:
             classifier = build_classifier(
                 model, names, candidates("mnist")[choice], cache_dir=False, progress=False
             )
-            row[choice] = round(
-                100 * top1_with_interval(features @ classifier, labels, samples=200)["top1"], 1
-            )
+            row[choice] = round(100 * topk_accuracy(features @ classifier, labels, 1), 1)
         rows.append(row)
     probe_images, probe_labels = render_digits(args.per_class // 2, seed=1)
     probe = linear_probe(features, labels, encode_arrays(model, probe_images), probe_labels, progress=False)
-    cifar = [
-        line.strip() for line in (SHARED / "cifar10" / "classes.txt").read_text().splitlines() if line.strip()
-    ]
     closeness = {
-        "mnist digits, flickr+paper": mean_off_diagonal(
-            build_classifier(model, DIGITS, prompts_for("mnist"), cache_dir=False, progress=False)
-        ),
-        "cifar10, flickr+paper": mean_off_diagonal(
-            build_classifier(model, cifar, prompts_for("cifar10"), cache_dir=False, progress=False)
-        ),
+        f"{name}, {CHOSEN[name]}": mean_off_diagonal(
+            build_classifier(model, names, prompts_for(name), cache_dir=False, progress=False)
+        )
+        for name, names in (("mnist", DIGITS), ("cifar10", class_names(SHARED / "cifar10")))
     }
     results = {
         "checkpoint": args.checkpoint,
